@@ -353,3 +353,15 @@ func (q *Queries) AuthAttemptUnlockEmail(ctx context.Context, arg AuthAttemptUnl
 	}
 	return result.RowsAffected(), nil
 }
+
+const databaseNow = `-- name: DatabaseNow :one
+SELECT now()::timestamptz AS now
+`
+
+// Returns the database clock, which every decision uses.
+func (q *Queries) DatabaseNow(ctx context.Context) (time.Time, error) {
+	row := q.db.QueryRow(ctx, databaseNow)
+	var now time.Time
+	err := row.Scan(&now)
+	return now, err
+}

@@ -6,6 +6,7 @@ package dbgen
 
 import (
 	"context"
+	"time"
 )
 
 type Querier interface {
@@ -29,6 +30,8 @@ type Querier interface {
 	AuthAttemptSucceed(ctx context.Context, arg AuthAttemptSucceedParams) (int64, error)
 	// Clears counters and locks of every source for one email.
 	AuthAttemptUnlockEmail(ctx context.Context, arg AuthAttemptUnlockEmailParams) (int64, error)
+	// Returns the database clock, which every decision uses.
+	DatabaseNow(ctx context.Context) (time.Time, error)
 	// Claims a key for the caller's lock_token, or returns the record in the
 	// way; see idempotency_record_claim in the migrations for the rules. The
 	// caller owns the record when the returned lock_token equals its own.

@@ -89,3 +89,7 @@ WHERE id IN (
     LIMIT @max_rows
     FOR UPDATE SKIP LOCKED
 );
+
+-- name: DatabaseNow :one
+-- Returns the database clock, which every decision uses.
+SELECT now()::timestamptz AS now;

@@ -1,0 +1,116 @@
+package service
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Sentinel errors. Match them with errors.Is; the typed errors below carry
+// the details and match the corresponding sentinel.
+var (
+	// ErrLocked means the key may not attempt a login now. The error is a
+	// *LockedError with the time to wait.
+	ErrLocked = errors.New("pgguard: too many failed attempts")
+
+	// ErrInvalidInput means an argument was rejected before anything was
+	// stored. The error is an *InputError naming the argument.
+	ErrInvalidInput = errors.New("pgguard: invalid input")
+
+	// ErrInvalidConfig means a Config field is out of range.
+	ErrInvalidConfig = errors.New("pgguard: invalid configuration")
+
+	// ErrAlreadySettled means Succeed or Fail was called a second time on
+	// the same attempt.
+	ErrAlreadySettled = errors.New("pgguard: attempt already settled")
+
+	// ErrInFlight means another request with the same key still holds the
+	// claim. The error is an *InFlightError with the time to wait.
+	ErrInFlight = errors.New("pgguard: a request with this idempotency key is in progress")
+
+	// ErrKeyReused means the key was used before with a different request:
+	// another method, route or body.
+	ErrKeyReused = errors.New("pgguard: idempotency key reused with a different request")
+
+	// ErrOutcomeUnknown means an earlier request with this key lost its lease
+	// without storing a response, and the route is not declared safe to run
+	// again, so pgguard cannot tell whether it took effect.
+	ErrOutcomeUnknown = errors.New("pgguard: outcome of an earlier request with this idempotency key is unknown")
+
+	// ErrLeaseLost means a claim can no longer be completed or released:
+	// its lease expired and another request took the key over, or the
+	// record was purged.
+	ErrLeaseLost = errors.New("pgguard: idempotency claim lost")
+
+	// ErrClaimSettled means Complete or Release was called a second time on
+	// the same claim.
+	ErrClaimSettled = errors.New("pgguard: idempotency claim already completed or released")
+)
+
+// LockedError reports an attempt rejected by [Lockout.Begin]. Nothing was
+// counted for it.
+type LockedError struct {
+	// RetryAfter is how long until the key may try again, by the database
+	// clock, rounded up to whole seconds and at least one second.
+	RetryAfter time.Duration
+	// Until is when the lock ends, by the database clock.
+	Until time.Time
+}
+
+func (e *LockedError) Error() string {
+	return fmt.Sprintf("pgguard: too many failed attempts, retry after %s", e.RetryAfter)
+}
+
+// Is makes errors.Is(err, ErrLocked) true.
+func (e *LockedError) Is(target error) bool { return target == ErrLocked }
+
+// InFlightError reports a key whose first request is still running.
+type InFlightError struct {
+	// RetryAfter is at most the time left on the running request's lease,
+	// rounded up to whole seconds and at least one second.
+	RetryAfter time.Duration
+}
+
+func (e *InFlightError) Error() string {
+	return fmt.Sprintf("pgguard: a request with this idempotency key is in progress, retry after %s", e.RetryAfter)
+}
+
+// Is makes errors.Is(err, ErrInFlight) true.
+func (e *InFlightError) Is(target error) bool { return target == ErrInFlight }
+
+// InputError reports an argument rejected before anything was stored. The
+// message names the argument and the problem but never echoes a secret.
+type InputError struct {
+	// Field names the argument, for example "email" or "idempotency key".
+	Field string
+	// Problem says what is wrong and how to fix it.
+	Problem string
+}
+
+func (e *InputError) Error() string {
+	return fmt.Sprintf("pgguard: invalid %s: %s", e.Field, e.Problem)
+}
+
+// Is makes errors.Is(err, ErrInvalidInput) true.
+func (e *InputError) Is(target error) bool { return target == ErrInvalidInput }
+
+func invalidInput(field, problem string) error {
+	return &InputError{Field: field, Problem: problem}
+}
+
+func invalidConfig(field string, format string, args ...any) error {
+	return fmt.Errorf("%w: %s %s", ErrInvalidConfig, field, fmt.Sprintf(format, args...))
+}
+
+// retryAfter rounds a wait up to whole seconds, the unit of the HTTP
+// Retry-After header, so a client that waits that long is never early.
+func retryAfter(d time.Duration) time.Duration {
+	if d < time.Second {
+		return time.Second
+	}
+	rounded := d.Truncate(time.Second)
+	if rounded < d {
+		rounded += time.Second
+	}
+	return rounded
+}
