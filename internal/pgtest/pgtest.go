@@ -1,0 +1,165 @@
+// Package pgtest gives each test its own PostgreSQL database.
+//
+// The first call in a test process finds a server with [pgfind.Find] and
+// environment variable TEST_DATABASE_URL, then builds a template database
+// containing pgguard's migrations. [New] clones that template for each test,
+// which costs one CREATE DATABASE instead of a migration run. A test's
+// database is dropped when the test passes and kept, with its URL logged,
+// when the test fails.
+//
+// The template is named pgguard_tpl_<hash>, where the hash covers the names
+// and contents of the migration files. Test processes that run at the same
+// time (go test runs packages in parallel) build it under a PostgreSQL
+// advisory lock, so one process builds it and the others reuse it. When the
+// migrations change, the next run builds a new template.
+//
+// NOTE: templates of older migrations stay on the server. Drop them by hand
+// when they pile up: they match pgguard_tpl_% and carry the template flag,
+// so clear it first (ALTER DATABASE ... WITH IS_TEMPLATE false).
+//
+// A container that pgfind starts is not stopped by this package. The
+// testcontainers reaper (Ryuk) removes it after the test process exits,
+// unless TESTCONTAINERS_RYUK_DISABLED is set.
+//
+// Package pgguard's own tests must be in package pgguard_test to use this
+// package, because pgtest imports pgguard.
+package pgtest
+
+import (
+	"context"
+	"crypto/rand"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pgguard/pgguard/internal/pgfind"
+)
+
+// EnvVar names the environment variable that may hold the URL of the test
+// server. See [pgfind.Find] for the other ways a server is found.
+const EnvVar = "TEST_DATABASE_URL"
+
+// Timeouts for the work done outside a test's own code. findTimeout leaves
+// room for pulling a container image.
+const (
+	findTimeout     = 5 * time.Minute
+	templateTimeout = 2 * time.Minute
+	cloneTimeout    = time.Minute
+	dropTimeout     = time.Minute
+)
+
+// DB is a database that belongs to one test.
+type DB struct {
+	// Pool is connected to the database and closed when the test ends.
+	Pool *pgxpool.Pool
+	// URL is the postgres:// URL of the database. It may contain a password.
+	URL string
+	// Name is the database name.
+	Name string
+}
+
+var (
+	serverOnce sync.Once
+	server     *pgfind.Server
+	serverErr  error
+
+	templateOnce sync.Once
+	templateName string
+	templateErr  error
+)
+
+// findServer finds the server once per test process.
+func findServer() (*pgfind.Server, error) {
+	serverOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), findTimeout)
+		defer cancel()
+		server, serverErr = pgfind.Find(ctx, EnvVar)
+	})
+	return server, serverErr
+}
+
+// New returns a database with pgguard's migrations applied, cloned from the
+// template. It calls t.Fatal when no server is found or the clone fails.
+func New(t testing.TB) *DB {
+	t.Helper()
+	srv := mustFindServer(t)
+
+	templateOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), templateTimeout)
+		defer cancel()
+		templateName, templateErr = ensureTemplate(ctx, srv)
+	})
+	if templateErr != nil {
+		t.Fatalf("pgtest: %v", templateErr)
+	}
+
+	return newDatabase(t, srv, templateName)
+}
+
+// NewEmpty returns a new database without pgguard's migrations, copied from
+// the server's default template (template1), for tests of the migrations
+// themselves.
+func NewEmpty(t testing.TB) *DB {
+	t.Helper()
+	return newDatabase(t, mustFindServer(t), "")
+}
+
+func mustFindServer(t testing.TB) *pgfind.Server {
+	t.Helper()
+	srv, err := findServer()
+	if err != nil {
+		t.Fatalf("pgtest: no database server for tests: %v", err)
+	}
+	return srv
+}
+
+// newDatabase creates a database from template and registers its removal.
+func newDatabase(t testing.TB, srv *pgfind.Server, template string) *DB {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), cloneTimeout)
+	defer cancel()
+
+	db := &DB{Name: newDatabaseName()}
+	db.URL = srv.DatabaseURL(db.Name)
+	if err := srv.CreateDatabase(ctx, db.Name, template); err != nil {
+		t.Fatalf("pgtest: %v", err)
+	}
+	t.Cleanup(func() { removeDatabase(t, srv, db) })
+
+	pool, err := pgxpool.New(ctx, db.URL)
+	if err != nil {
+		t.Fatalf("pgtest: failed to configure a pool for database %s: %v", db.Name, err)
+	}
+	db.Pool = pool
+	if err := pool.Ping(ctx); err != nil {
+		t.Fatalf("pgtest: failed to connect to database %s: %v", db.Name, err)
+	}
+	return db
+}
+
+// removeDatabase closes the pool, then drops the database if the test passed
+// or logs where to find it if the test failed.
+func removeDatabase(t testing.TB, srv *pgfind.Server, db *DB) {
+	if db.Pool != nil {
+		db.Pool.Close()
+	}
+	if t.Failed() {
+		t.Logf("pgtest: kept database %s of the failed test: %s", db.Name, pgfind.RedactURL(db.URL))
+		return
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), dropTimeout)
+	defer cancel()
+	if err := srv.DropDatabase(ctx, db.Name); err != nil {
+		t.Errorf("pgtest: %v", err)
+	}
+}
+
+// newDatabaseName returns a random name, so that parallel tests and test
+// processes never collide.
+func newDatabaseName() string {
+	return "pgguard_test_" + strings.ToLower(rand.Text()[:16])
+}
