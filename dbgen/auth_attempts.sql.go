@@ -11,77 +11,102 @@ import (
 	"time"
 )
 
-const authAttemptBegin = `-- name: AuthAttemptBegin :one
-SELECT
-    a.id, a.email, a.ip, a.failures_count, a.pending_count, a.lock_count, a.locked_until, a.last_attempt_at, a.last_decision, a.created_at, a.updated_at,
-    coalesce($1::timestamptz, now())::timestamptz AS db_now
-FROM auth_attempt_begin(
-    $2,
-    $3,
-    $1,
-    $4,
-    $5,
-    $6,
-    $7,
-    $8
-) a
+const authAccountCounterDeleteIdle = `-- name: AuthAccountCounterDeleteIdle :execrows
+DELETE FROM auth_account_counters
+WHERE id IN (
+    SELECT id FROM auth_account_counters
+    WHERE last_attempt_at < $1::timestamptz
+        AND (locked_until IS NULL OR locked_until < $1::timestamptz)
+        AND hard_locked_at IS NULL
+        AND consecutive_failures = 0
+    ORDER BY last_attempt_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
 `
 
-type AuthAttemptBeginParams struct {
-	Now              *time.Time    `json:"now"`
-	Email            string        `json:"email"`
-	Ip               *netip.Prefix `json:"ip"`
-	MaxFailures      int32         `json:"max_failures"`
-	FailureWindowMs  int64         `json:"failure_window_ms"`
-	AttemptTimeoutMs int64         `json:"attempt_timeout_ms"`
-	LockBaseMs       int64         `json:"lock_base_ms"`
-	LockMaxMs        int64         `json:"lock_max_ms"`
+type AuthAccountCounterDeleteIdleParams struct {
+	IdleBefore time.Time `json:"idle_before"`
+	MaxRows    int32     `json:"max_rows"`
 }
 
-type AuthAttemptBeginRow struct {
-	ID            int64         `json:"id"`
-	Email         string        `json:"email"`
-	Ip            *netip.Prefix `json:"ip"`
-	FailuresCount int32         `json:"failures_count"`
-	PendingCount  int32         `json:"pending_count"`
-	LockCount     int32         `json:"lock_count"`
-	LockedUntil   *time.Time    `json:"locked_until"`
-	LastAttemptAt time.Time     `json:"last_attempt_at"`
-	LastDecision  string        `json:"last_decision"`
-	CreatedAt     time.Time     `json:"created_at"`
-	UpdatedAt     time.Time     `json:"updated_at"`
-	DbNow         time.Time     `json:"db_now"`
+// Like AuthAttemptDeleteIdle for account-wide counters. A hard-locked
+// account is never deleted, and neither is a streak toward the hard lock,
+// because only a success or an explicit unlock may end those.
+func (q *Queries) AuthAccountCounterDeleteIdle(ctx context.Context, arg AuthAccountCounterDeleteIdleParams) (int64, error) {
+	result, err := q.db.Exec(ctx, authAccountCounterDeleteIdle, arg.IdleBefore, arg.MaxRows)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
 }
 
-// Reserves one attempt for (email, ip), or returns why it cannot in
-// last_decision; see auth_attempt_begin in the migrations for the rules.
-func (q *Queries) AuthAttemptBegin(ctx context.Context, arg AuthAttemptBeginParams) (AuthAttemptBeginRow, error) {
-	row := q.db.QueryRow(ctx, authAttemptBegin,
-		arg.Now,
-		arg.Email,
-		arg.Ip,
-		arg.MaxFailures,
-		arg.FailureWindowMs,
-		arg.AttemptTimeoutMs,
-		arg.LockBaseMs,
-		arg.LockMaxMs,
-	)
-	var i AuthAttemptBeginRow
-	err := row.Scan(
-		&i.ID,
-		&i.Email,
-		&i.Ip,
-		&i.FailuresCount,
-		&i.PendingCount,
-		&i.LockCount,
-		&i.LockedUntil,
-		&i.LastAttemptAt,
-		&i.LastDecision,
-		&i.CreatedAt,
-		&i.UpdatedAt,
-		&i.DbNow,
-	)
-	return i, err
+const authAccountCounterListByEmail = `-- name: AuthAccountCounterListByEmail :many
+SELECT id, email, channel, failures_count, pending_count, lock_count, locked_until, last_attempt_at, consecutive_failures, hard_locked_at, created_at, updated_at FROM auth_account_counters
+WHERE email = $1
+ORDER BY channel
+`
+
+// Lists the account-wide counters of one account, one per channel.
+func (q *Queries) AuthAccountCounterListByEmail(ctx context.Context, email string) ([]AuthAccountCounter, error) {
+	rows, err := q.db.Query(ctx, authAccountCounterListByEmail, email)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []AuthAccountCounter{}
+	for rows.Next() {
+		var i AuthAccountCounter
+		if err := rows.Scan(
+			&i.ID,
+			&i.Email,
+			&i.Channel,
+			&i.FailuresCount,
+			&i.PendingCount,
+			&i.LockCount,
+			&i.LockedUntil,
+			&i.LastAttemptAt,
+			&i.ConsecutiveFailures,
+			&i.HardLockedAt,
+			&i.CreatedAt,
+			&i.UpdatedAt,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const authAccountUnlock = `-- name: AuthAccountUnlock :execrows
+UPDATE auth_account_counters
+SET
+    failures_count = 0,
+    pending_count = 0,
+    lock_count = 0,
+    locked_until = NULL,
+    consecutive_failures = 0,
+    hard_locked_at = NULL,
+    updated_at = coalesce($1::timestamptz, now())
+WHERE email = $2
+`
+
+type AuthAccountUnlockParams struct {
+	Now   *time.Time `json:"now"`
+	Email string     `json:"email"`
+}
+
+// Clears the account-wide counters of one account on every channel, the
+// hard lock included.
+func (q *Queries) AuthAccountUnlock(ctx context.Context, arg AuthAccountUnlockParams) (int64, error) {
+	result, err := q.db.Exec(ctx, authAccountUnlock, arg.Now, arg.Email)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
 }
 
 const authAttemptDeleteIdle = `-- name: AuthAttemptDeleteIdle :execrows
@@ -101,9 +126,9 @@ type AuthAttemptDeleteIdleParams struct {
 	MaxRows    int32     `json:"max_rows"`
 }
 
-// Deletes at most max_rows rows whose last attempt and lock both ended
-// before the cutoff. SKIP LOCKED lets several purgers run side by side and
-// never waits on a row a login is updating.
+// Deletes at most max_rows account-and-source counters whose last attempt
+// and lock both ended before the cutoff. SKIP LOCKED lets several purgers
+// run side by side and never waits on a row a login is updating.
 func (q *Queries) AuthAttemptDeleteIdle(ctx context.Context, arg AuthAttemptDeleteIdleParams) (int64, error) {
 	result, err := q.db.Exec(ctx, authAttemptDeleteIdle, arg.IdleBefore, arg.MaxRows)
 	if err != nil {
@@ -112,108 +137,14 @@ func (q *Queries) AuthAttemptDeleteIdle(ctx context.Context, arg AuthAttemptDele
 	return result.RowsAffected(), nil
 }
 
-const authAttemptFail = `-- name: AuthAttemptFail :one
-SELECT
-    a.id, a.email, a.ip, a.failures_count, a.pending_count, a.lock_count, a.locked_until, a.last_attempt_at, a.last_decision, a.created_at, a.updated_at,
-    coalesce($1::timestamptz, now())::timestamptz AS db_now
-FROM auth_attempt_fail(
-    $2,
-    $1,
-    $3,
-    $4,
-    $5
-) a
-`
-
-type AuthAttemptFailParams struct {
-	Now         *time.Time `json:"now"`
-	ID          int64      `json:"id"`
-	MaxFailures int32      `json:"max_failures"`
-	LockBaseMs  int64      `json:"lock_base_ms"`
-	LockMaxMs   int64      `json:"lock_max_ms"`
-}
-
-type AuthAttemptFailRow struct {
-	ID            int64         `json:"id"`
-	Email         string        `json:"email"`
-	Ip            *netip.Prefix `json:"ip"`
-	FailuresCount int32         `json:"failures_count"`
-	PendingCount  int32         `json:"pending_count"`
-	LockCount     int32         `json:"lock_count"`
-	LockedUntil   *time.Time    `json:"locked_until"`
-	LastAttemptAt time.Time     `json:"last_attempt_at"`
-	LastDecision  string        `json:"last_decision"`
-	CreatedAt     time.Time     `json:"created_at"`
-	UpdatedAt     time.Time     `json:"updated_at"`
-	DbNow         time.Time     `json:"db_now"`
-}
-
-// Settles a reservation as a failure and locks at the threshold; see
-// auth_attempt_fail in the migrations. No row means the id does not exist.
-func (q *Queries) AuthAttemptFail(ctx context.Context, arg AuthAttemptFailParams) (AuthAttemptFailRow, error) {
-	row := q.db.QueryRow(ctx, authAttemptFail,
-		arg.Now,
-		arg.ID,
-		arg.MaxFailures,
-		arg.LockBaseMs,
-		arg.LockMaxMs,
-	)
-	var i AuthAttemptFailRow
-	err := row.Scan(
-		&i.ID,
-		&i.Email,
-		&i.Ip,
-		&i.FailuresCount,
-		&i.PendingCount,
-		&i.LockCount,
-		&i.LockedUntil,
-		&i.LastAttemptAt,
-		&i.LastDecision,
-		&i.CreatedAt,
-		&i.UpdatedAt,
-		&i.DbNow,
-	)
-	return i, err
-}
-
-const authAttemptGet = `-- name: AuthAttemptGet :one
-SELECT id, email, ip, failures_count, pending_count, lock_count, locked_until, last_attempt_at, last_decision, created_at, updated_at FROM auth_attempts
-WHERE email = $1
-    -- Spelled out instead of IS NOT DISTINCT FROM, which cannot use the
-    -- (email, ip) index.
-    AND (ip = $2 OR (ip IS NULL AND $2 IS NULL))
-`
-
-type AuthAttemptGetParams struct {
-	Email string        `json:"email"`
-	Ip    *netip.Prefix `json:"ip"`
-}
-
-func (q *Queries) AuthAttemptGet(ctx context.Context, arg AuthAttemptGetParams) (AuthAttempt, error) {
-	row := q.db.QueryRow(ctx, authAttemptGet, arg.Email, arg.Ip)
-	var i AuthAttempt
-	err := row.Scan(
-		&i.ID,
-		&i.Email,
-		&i.Ip,
-		&i.FailuresCount,
-		&i.PendingCount,
-		&i.LockCount,
-		&i.LockedUntil,
-		&i.LastAttemptAt,
-		&i.LastDecision,
-		&i.CreatedAt,
-		&i.UpdatedAt,
-	)
-	return i, err
-}
-
 const authAttemptListByEmail = `-- name: AuthAttemptListByEmail :many
-SELECT id, email, ip, failures_count, pending_count, lock_count, locked_until, last_attempt_at, last_decision, created_at, updated_at FROM auth_attempts
+SELECT id, email, ip, failures_count, pending_count, lock_count, locked_until, last_attempt_at, created_at, updated_at, channel FROM auth_attempts
 WHERE email = $1
-ORDER BY id
+ORDER BY channel, id
 `
 
+// Lists the account-and-source counters of one account, every source and
+// channel.
 func (q *Queries) AuthAttemptListByEmail(ctx context.Context, email string) ([]AuthAttempt, error) {
 	rows, err := q.db.Query(ctx, authAttemptListByEmail, email)
 	if err != nil {
@@ -232,9 +163,9 @@ func (q *Queries) AuthAttemptListByEmail(ctx context.Context, email string) ([]A
 			&i.LockCount,
 			&i.LockedUntil,
 			&i.LastAttemptAt,
-			&i.LastDecision,
 			&i.CreatedAt,
 			&i.UpdatedAt,
+			&i.Channel,
 		); err != nil {
 			return nil, err
 		}
@@ -244,89 +175,6 @@ func (q *Queries) AuthAttemptListByEmail(ctx context.Context, email string) ([]A
 		return nil, err
 	}
 	return items, nil
-}
-
-const authAttemptListLocked = `-- name: AuthAttemptListLocked :many
-SELECT id, email, ip, failures_count, pending_count, lock_count, locked_until, last_attempt_at, last_decision, created_at, updated_at FROM auth_attempts
-WHERE locked_until > coalesce($1::timestamptz, now())
-    AND (
-        $2::timestamptz IS NULL
-        OR (locked_until, id) > ($2::timestamptz, $3::bigint)
-    )
-ORDER BY locked_until, id
-LIMIT $4
-`
-
-type AuthAttemptListLockedParams struct {
-	Now              *time.Time `json:"now"`
-	AfterLockedUntil *time.Time `json:"after_locked_until"`
-	AfterID          *int64     `json:"after_id"`
-	MaxRows          int32      `json:"max_rows"`
-}
-
-// Lists active locks by when they end, a page at a time: pass the last row's
-// locked_until and id as the cursor, or NULLs for the first page.
-func (q *Queries) AuthAttemptListLocked(ctx context.Context, arg AuthAttemptListLockedParams) ([]AuthAttempt, error) {
-	rows, err := q.db.Query(ctx, authAttemptListLocked,
-		arg.Now,
-		arg.AfterLockedUntil,
-		arg.AfterID,
-		arg.MaxRows,
-	)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	items := []AuthAttempt{}
-	for rows.Next() {
-		var i AuthAttempt
-		if err := rows.Scan(
-			&i.ID,
-			&i.Email,
-			&i.Ip,
-			&i.FailuresCount,
-			&i.PendingCount,
-			&i.LockCount,
-			&i.LockedUntil,
-			&i.LastAttemptAt,
-			&i.LastDecision,
-			&i.CreatedAt,
-			&i.UpdatedAt,
-		); err != nil {
-			return nil, err
-		}
-		items = append(items, i)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return items, nil
-}
-
-const authAttemptSucceed = `-- name: AuthAttemptSucceed :execrows
-UPDATE auth_attempts
-SET
-    failures_count = 0,
-    pending_count = greatest(pending_count - 1, 0),
-    lock_count = 0,
-    locked_until = NULL,
-    updated_at = coalesce($1::timestamptz, now())
-WHERE id = $2
-`
-
-type AuthAttemptSucceedParams struct {
-	Now *time.Time `json:"now"`
-	ID  int64      `json:"id"`
-}
-
-// Settles a reservation as a success: the attempt is refunded and the
-// counter, the lock and the lock history of this (email, ip) are reset.
-func (q *Queries) AuthAttemptSucceed(ctx context.Context, arg AuthAttemptSucceedParams) (int64, error) {
-	result, err := q.db.Exec(ctx, authAttemptSucceed, arg.Now, arg.ID)
-	if err != nil {
-		return 0, err
-	}
-	return result.RowsAffected(), nil
 }
 
 const authAttemptUnlockEmail = `-- name: AuthAttemptUnlockEmail :execrows
@@ -345,9 +193,456 @@ type AuthAttemptUnlockEmailParams struct {
 	Email string     `json:"email"`
 }
 
-// Clears counters and locks of every source for one email.
+// Clears the account-and-source counters of one account, every source and
+// channel.
 func (q *Queries) AuthAttemptUnlockEmail(ctx context.Context, arg AuthAttemptUnlockEmailParams) (int64, error) {
 	result, err := q.db.Exec(ctx, authAttemptUnlockEmail, arg.Now, arg.Email)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
+const authKnownSourceDeleteExpired = `-- name: AuthKnownSourceDeleteExpired :execrows
+DELETE FROM auth_known_sources
+WHERE (email, ip) IN (
+    SELECT k.email, k.ip FROM auth_known_sources k
+    WHERE k.last_success_at < $1::timestamptz
+    ORDER BY k.last_success_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+`
+
+type AuthKnownSourceDeleteExpiredParams struct {
+	SuccessBefore time.Time `json:"success_before"`
+	MaxRows       int32     `json:"max_rows"`
+}
+
+// Deletes at most max_rows known sources whose last success is older than
+// the cutoff; they no longer count as known.
+func (q *Queries) AuthKnownSourceDeleteExpired(ctx context.Context, arg AuthKnownSourceDeleteExpiredParams) (int64, error) {
+	result, err := q.db.Exec(ctx, authKnownSourceDeleteExpired, arg.SuccessBefore, arg.MaxRows)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
+const authKnownSourceGet = `-- name: AuthKnownSourceGet :one
+SELECT email, ip, last_success_at, created_at FROM auth_known_sources
+WHERE email = $1
+    AND ip = $2
+`
+
+type AuthKnownSourceGetParams struct {
+	Email string       `json:"email"`
+	Ip    netip.Prefix `json:"ip"`
+}
+
+func (q *Queries) AuthKnownSourceGet(ctx context.Context, arg AuthKnownSourceGetParams) (AuthKnownSource, error) {
+	row := q.db.QueryRow(ctx, authKnownSourceGet, arg.Email, arg.Ip)
+	var i AuthKnownSource
+	err := row.Scan(
+		&i.Email,
+		&i.Ip,
+		&i.LastSuccessAt,
+		&i.CreatedAt,
+	)
+	return i, err
+}
+
+const authLockList = `-- name: AuthLockList :many
+SELECT
+    l.tier::text AS tier,
+    l.id::bigint AS id,
+    l.email::text AS email,
+    l.ip,
+    l.channel::text AS channel,
+    l.locked_until::timestamptz AS locked_until,
+    l.hard_locked::boolean AS hard_locked
+FROM (
+    SELECT
+        'account' AS tier,
+        c.id,
+        c.email,
+        NULL::inet AS ip,
+        c.channel,
+        coalesce(c.hard_locked_at, c.locked_until) AS locked_until,
+        c.hard_locked_at IS NOT NULL AS hard_locked
+    FROM auth_account_counters c
+    WHERE c.hard_locked_at IS NOT NULL
+        OR c.locked_until > coalesce($1::timestamptz, now())
+    UNION ALL
+    SELECT 'account_source', a.id, a.email, a.ip, a.channel, a.locked_until, false
+    FROM auth_attempts a
+    WHERE a.locked_until > coalesce($1::timestamptz, now())
+    UNION ALL
+    SELECT 'source', s.id, '', s.ip, s.channel, s.locked_until, false
+    FROM auth_source_counters s
+    WHERE s.locked_until > coalesce($1::timestamptz, now())
+) l
+WHERE (l.tier, l.id) > ($2::text, $3::bigint)
+ORDER BY l.tier, l.id
+LIMIT $4
+`
+
+type AuthLockListParams struct {
+	Now       *time.Time `json:"now"`
+	AfterTier string     `json:"after_tier"`
+	AfterID   int64      `json:"after_id"`
+	MaxRows   int32      `json:"max_rows"`
+}
+
+type AuthLockListRow struct {
+	Tier        string        `json:"tier"`
+	ID          int64         `json:"id"`
+	Email       string        `json:"email"`
+	Ip          *netip.Prefix `json:"ip"`
+	Channel     string        `json:"channel"`
+	LockedUntil time.Time     `json:"locked_until"`
+	HardLocked  bool          `json:"hard_locked"`
+}
+
+// Lists active locks of every tier, a page at a time, ordered by tier and
+// id: pass the last row's tier and id as the cursor, or empty and 0 for the
+// first page. A hard lock has no end, so its row carries hard_locked and,
+// in locked_until, the time the hard lock began.
+func (q *Queries) AuthLockList(ctx context.Context, arg AuthLockListParams) ([]AuthLockListRow, error) {
+	rows, err := q.db.Query(ctx, authLockList,
+		arg.Now,
+		arg.AfterTier,
+		arg.AfterID,
+		arg.MaxRows,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []AuthLockListRow{}
+	for rows.Next() {
+		var i AuthLockListRow
+		if err := rows.Scan(
+			&i.Tier,
+			&i.ID,
+			&i.Email,
+			&i.Ip,
+			&i.Channel,
+			&i.LockedUntil,
+			&i.HardLocked,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const authLoginBegin = `-- name: AuthLoginBegin :one
+SELECT
+    d.decision::text AS decision,
+    coalesce(d.tier, '')::text AS tier,
+    coalesce(d.attempt_id, 0)::bigint AS attempt_id,
+    -- A hard lock has no end: db_now stands in for its NULL locked_until.
+    coalesce(d.locked_until, d.db_now)::timestamptz AS locked_until,
+    d.db_now::timestamptz AS db_now
+FROM auth_login_begin(
+    $1,
+    $2,
+    $3,
+    $4,
+    $5,
+    $6,
+    $7,
+    $8,
+    $9,
+    $10,
+    $11,
+    $12,
+    $13,
+    $14,
+    $15,
+    $16,
+    $17,
+    $18,
+    $19
+) d
+`
+
+type AuthLoginBeginParams struct {
+	Email            string        `json:"email"`
+	Ip               *netip.Prefix `json:"ip"`
+	Channel          string        `json:"channel"`
+	Now              *time.Time    `json:"now"`
+	AttemptTimeoutMs int64         `json:"attempt_timeout_ms"`
+	KnownSourceMs    int64         `json:"known_source_ms"`
+	HardLockAfter    int32         `json:"hard_lock_after"`
+	PairMax          int32         `json:"pair_max"`
+	PairWindowMs     int64         `json:"pair_window_ms"`
+	PairLockMs       int64         `json:"pair_lock_ms"`
+	PairLockMaxMs    int64         `json:"pair_lock_max_ms"`
+	AccountMax       int32         `json:"account_max"`
+	AccountWindowMs  int64         `json:"account_window_ms"`
+	AccountLockMs    int64         `json:"account_lock_ms"`
+	AccountLockMaxMs int64         `json:"account_lock_max_ms"`
+	SourceMax        int32         `json:"source_max"`
+	SourceWindowMs   int64         `json:"source_window_ms"`
+	SourceLockMs     int64         `json:"source_lock_ms"`
+	SourceLockMaxMs  int64         `json:"source_lock_max_ms"`
+}
+
+type AuthLoginBeginRow struct {
+	Decision    string    `json:"decision"`
+	Tier        string    `json:"tier"`
+	AttemptID   int64     `json:"attempt_id"`
+	LockedUntil time.Time `json:"locked_until"`
+	DbNow       time.Time `json:"db_now"`
+}
+
+// Reserves one login attempt against all three lockout counters, or
+// returns why it cannot; see auth_login_begin in the migrations.
+func (q *Queries) AuthLoginBegin(ctx context.Context, arg AuthLoginBeginParams) (AuthLoginBeginRow, error) {
+	row := q.db.QueryRow(ctx, authLoginBegin,
+		arg.Email,
+		arg.Ip,
+		arg.Channel,
+		arg.Now,
+		arg.AttemptTimeoutMs,
+		arg.KnownSourceMs,
+		arg.HardLockAfter,
+		arg.PairMax,
+		arg.PairWindowMs,
+		arg.PairLockMs,
+		arg.PairLockMaxMs,
+		arg.AccountMax,
+		arg.AccountWindowMs,
+		arg.AccountLockMs,
+		arg.AccountLockMaxMs,
+		arg.SourceMax,
+		arg.SourceWindowMs,
+		arg.SourceLockMs,
+		arg.SourceLockMaxMs,
+	)
+	var i AuthLoginBeginRow
+	err := row.Scan(
+		&i.Decision,
+		&i.Tier,
+		&i.AttemptID,
+		&i.LockedUntil,
+		&i.DbNow,
+	)
+	return i, err
+}
+
+const authLoginFail = `-- name: AuthLoginFail :one
+SELECT
+    coalesce(f.attempt_id, 0)::bigint AS attempt_id,
+    coalesce(f.failures_count, 0)::integer AS failures_count,
+    coalesce(f.pair_locked_until, f.db_now, now())::timestamptz AS pair_locked_until,
+    coalesce(f.pair_lock_engaged, false)::boolean AS pair_lock_engaged,
+    coalesce(f.account_locked_until, f.db_now, now())::timestamptz AS account_locked_until,
+    coalesce(f.account_lock_engaged, false)::boolean AS account_lock_engaged,
+    coalesce(f.source_locked_until, f.db_now, now())::timestamptz AS source_locked_until,
+    coalesce(f.source_lock_engaged, false)::boolean AS source_lock_engaged,
+    coalesce(f.hard_lock_engaged, false)::boolean AS hard_lock_engaged,
+    coalesce(f.db_now, now())::timestamptz AS db_now
+FROM auth_login_fail(
+    $1,
+    $2,
+    $3,
+    $4,
+    $5,
+    $6,
+    $7,
+    $8,
+    $9,
+    $10,
+    $11,
+    $12
+) f
+`
+
+type AuthLoginFailParams struct {
+	AttemptID        int64      `json:"attempt_id"`
+	Now              *time.Time `json:"now"`
+	HardLockAfter    int32      `json:"hard_lock_after"`
+	PairMax          int32      `json:"pair_max"`
+	PairLockMs       int64      `json:"pair_lock_ms"`
+	PairLockMaxMs    int64      `json:"pair_lock_max_ms"`
+	AccountMax       int32      `json:"account_max"`
+	AccountLockMs    int64      `json:"account_lock_ms"`
+	AccountLockMaxMs int64      `json:"account_lock_max_ms"`
+	SourceMax        int32      `json:"source_max"`
+	SourceLockMs     int64      `json:"source_lock_ms"`
+	SourceLockMaxMs  int64      `json:"source_lock_max_ms"`
+}
+
+type AuthLoginFailRow struct {
+	AttemptID          int64     `json:"attempt_id"`
+	FailuresCount      int32     `json:"failures_count"`
+	PairLockedUntil    time.Time `json:"pair_locked_until"`
+	PairLockEngaged    bool      `json:"pair_lock_engaged"`
+	AccountLockedUntil time.Time `json:"account_locked_until"`
+	AccountLockEngaged bool      `json:"account_lock_engaged"`
+	SourceLockedUntil  time.Time `json:"source_locked_until"`
+	SourceLockEngaged  bool      `json:"source_lock_engaged"`
+	HardLockEngaged    bool      `json:"hard_lock_engaged"`
+	DbNow              time.Time `json:"db_now"`
+}
+
+// Settles an attempt as a wrong credential and engages the locks whose
+// thresholds it reaches; see auth_login_fail in the migrations. A tier's
+// locked_until equals db_now when that tier is not locked, and attempt_id
+// is 0 when the attempt's counters are gone.
+func (q *Queries) AuthLoginFail(ctx context.Context, arg AuthLoginFailParams) (AuthLoginFailRow, error) {
+	row := q.db.QueryRow(ctx, authLoginFail,
+		arg.AttemptID,
+		arg.Now,
+		arg.HardLockAfter,
+		arg.PairMax,
+		arg.PairLockMs,
+		arg.PairLockMaxMs,
+		arg.AccountMax,
+		arg.AccountLockMs,
+		arg.AccountLockMaxMs,
+		arg.SourceMax,
+		arg.SourceLockMs,
+		arg.SourceLockMaxMs,
+	)
+	var i AuthLoginFailRow
+	err := row.Scan(
+		&i.AttemptID,
+		&i.FailuresCount,
+		&i.PairLockedUntil,
+		&i.PairLockEngaged,
+		&i.AccountLockedUntil,
+		&i.AccountLockEngaged,
+		&i.SourceLockedUntil,
+		&i.SourceLockEngaged,
+		&i.HardLockEngaged,
+		&i.DbNow,
+	)
+	return i, err
+}
+
+const authLoginSettle = `-- name: AuthLoginSettle :one
+SELECT auth_login_settle(
+    $1,
+    $2,
+    $3,
+    $4
+)::boolean AS settled
+`
+
+type AuthLoginSettleParams struct {
+	AttemptID      int64      `json:"attempt_id"`
+	Now            *time.Time `json:"now"`
+	Success        bool       `json:"success"`
+	RememberSource bool       `json:"remember_source"`
+}
+
+// Settles an attempt as a success (success), or gives it back without
+// counting (neither flag); see auth_login_settle in the migrations.
+// Returns false when the attempt's counters are gone.
+func (q *Queries) AuthLoginSettle(ctx context.Context, arg AuthLoginSettleParams) (bool, error) {
+	row := q.db.QueryRow(ctx, authLoginSettle,
+		arg.AttemptID,
+		arg.Now,
+		arg.Success,
+		arg.RememberSource,
+	)
+	var settled bool
+	err := row.Scan(&settled)
+	return settled, err
+}
+
+const authSourceCounterDeleteIdle = `-- name: AuthSourceCounterDeleteIdle :execrows
+DELETE FROM auth_source_counters
+WHERE id IN (
+    SELECT id FROM auth_source_counters
+    WHERE last_attempt_at < $1::timestamptz
+        AND (locked_until IS NULL OR locked_until < $1::timestamptz)
+    ORDER BY last_attempt_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+`
+
+type AuthSourceCounterDeleteIdleParams struct {
+	IdleBefore time.Time `json:"idle_before"`
+	MaxRows    int32     `json:"max_rows"`
+}
+
+// Like AuthAttemptDeleteIdle for source-wide counters.
+func (q *Queries) AuthSourceCounterDeleteIdle(ctx context.Context, arg AuthSourceCounterDeleteIdleParams) (int64, error) {
+	result, err := q.db.Exec(ctx, authSourceCounterDeleteIdle, arg.IdleBefore, arg.MaxRows)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
+const authSourceCounterListBySource = `-- name: AuthSourceCounterListBySource :many
+SELECT id, ip, channel, failures_count, pending_count, lock_count, locked_until, last_attempt_at, created_at, updated_at FROM auth_source_counters
+WHERE ip = $1 OR (ip IS NULL AND $1 IS NULL)
+ORDER BY channel
+`
+
+// Lists the source-wide counters of one source, one per channel. A NULL
+// ip selects the bucket of unknown sources.
+func (q *Queries) AuthSourceCounterListBySource(ctx context.Context, ip *netip.Prefix) ([]AuthSourceCounter, error) {
+	rows, err := q.db.Query(ctx, authSourceCounterListBySource, ip)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []AuthSourceCounter{}
+	for rows.Next() {
+		var i AuthSourceCounter
+		if err := rows.Scan(
+			&i.ID,
+			&i.Ip,
+			&i.Channel,
+			&i.FailuresCount,
+			&i.PendingCount,
+			&i.LockCount,
+			&i.LockedUntil,
+			&i.LastAttemptAt,
+			&i.CreatedAt,
+			&i.UpdatedAt,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const authSourceCounterUnlock = `-- name: AuthSourceCounterUnlock :execrows
+UPDATE auth_source_counters
+SET
+    failures_count = 0,
+    pending_count = 0,
+    lock_count = 0,
+    locked_until = NULL,
+    updated_at = coalesce($1::timestamptz, now())
+WHERE ip = $2 OR (ip IS NULL AND $2 IS NULL)
+`
+
+type AuthSourceCounterUnlockParams struct {
+	Now *time.Time    `json:"now"`
+	Ip  *netip.Prefix `json:"ip"`
+}
+
+// Clears the source-wide counters of one source on every channel.
+func (q *Queries) AuthSourceCounterUnlock(ctx context.Context, arg AuthSourceCounterUnlockParams) (int64, error) {
+	result, err := q.db.Exec(ctx, authSourceCounterUnlock, arg.Now, arg.Ip)
 	if err != nil {
 		return 0, err
 	}

@@ -11,6 +11,21 @@ import (
 	"github.com/google/uuid"
 )
 
+type AuthAccountCounter struct {
+	ID                  int64      `json:"id"`
+	Email               string     `json:"email"`
+	Channel             string     `json:"channel"`
+	FailuresCount       int32      `json:"failures_count"`
+	PendingCount        int32      `json:"pending_count"`
+	LockCount           int32      `json:"lock_count"`
+	LockedUntil         *time.Time `json:"locked_until"`
+	LastAttemptAt       time.Time  `json:"last_attempt_at"`
+	ConsecutiveFailures int32      `json:"consecutive_failures"`
+	HardLockedAt        *time.Time `json:"hard_locked_at"`
+	CreatedAt           time.Time  `json:"created_at"`
+	UpdatedAt           time.Time  `json:"updated_at"`
+}
+
 type AuthAttempt struct {
 	ID            int64         `json:"id"`
 	Email         string        `json:"email"`
@@ -20,7 +35,27 @@ type AuthAttempt struct {
 	LockCount     int32         `json:"lock_count"`
 	LockedUntil   *time.Time    `json:"locked_until"`
 	LastAttemptAt time.Time     `json:"last_attempt_at"`
-	LastDecision  string        `json:"last_decision"`
+	CreatedAt     time.Time     `json:"created_at"`
+	UpdatedAt     time.Time     `json:"updated_at"`
+	Channel       string        `json:"channel"`
+}
+
+type AuthKnownSource struct {
+	Email         string       `json:"email"`
+	Ip            netip.Prefix `json:"ip"`
+	LastSuccessAt time.Time    `json:"last_success_at"`
+	CreatedAt     time.Time    `json:"created_at"`
+}
+
+type AuthSourceCounter struct {
+	ID            int64         `json:"id"`
+	Ip            *netip.Prefix `json:"ip"`
+	Channel       string        `json:"channel"`
+	FailuresCount int32         `json:"failures_count"`
+	PendingCount  int32         `json:"pending_count"`
+	LockCount     int32         `json:"lock_count"`
+	LockedUntil   *time.Time    `json:"locked_until"`
+	LastAttemptAt time.Time     `json:"last_attempt_at"`
 	CreatedAt     time.Time     `json:"created_at"`
 	UpdatedAt     time.Time     `json:"updated_at"`
 }

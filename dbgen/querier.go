@@ -6,30 +6,58 @@ package dbgen
 
 import (
 	"context"
+	"net/netip"
 	"time"
 )
 
 type Querier interface {
-	// Reserves one attempt for (email, ip), or returns why it cannot in
-	// last_decision; see auth_attempt_begin in the migrations for the rules.
-	AuthAttemptBegin(ctx context.Context, arg AuthAttemptBeginParams) (AuthAttemptBeginRow, error)
-	// Deletes at most max_rows rows whose last attempt and lock both ended
-	// before the cutoff. SKIP LOCKED lets several purgers run side by side and
-	// never waits on a row a login is updating.
+	// Like AuthAttemptDeleteIdle for account-wide counters. A hard-locked
+	// account is never deleted, and neither is a streak toward the hard lock,
+	// because only a success or an explicit unlock may end those.
+	AuthAccountCounterDeleteIdle(ctx context.Context, arg AuthAccountCounterDeleteIdleParams) (int64, error)
+	// Lists the account-wide counters of one account, one per channel.
+	AuthAccountCounterListByEmail(ctx context.Context, email string) ([]AuthAccountCounter, error)
+	// Clears the account-wide counters of one account on every channel, the
+	// hard lock included.
+	AuthAccountUnlock(ctx context.Context, arg AuthAccountUnlockParams) (int64, error)
+	// Deletes at most max_rows account-and-source counters whose last attempt
+	// and lock both ended before the cutoff. SKIP LOCKED lets several purgers
+	// run side by side and never waits on a row a login is updating.
 	AuthAttemptDeleteIdle(ctx context.Context, arg AuthAttemptDeleteIdleParams) (int64, error)
-	// Settles a reservation as a failure and locks at the threshold; see
-	// auth_attempt_fail in the migrations. No row means the id does not exist.
-	AuthAttemptFail(ctx context.Context, arg AuthAttemptFailParams) (AuthAttemptFailRow, error)
-	AuthAttemptGet(ctx context.Context, arg AuthAttemptGetParams) (AuthAttempt, error)
+	// Lists the account-and-source counters of one account, every source and
+	// channel.
 	AuthAttemptListByEmail(ctx context.Context, email string) ([]AuthAttempt, error)
-	// Lists active locks by when they end, a page at a time: pass the last row's
-	// locked_until and id as the cursor, or NULLs for the first page.
-	AuthAttemptListLocked(ctx context.Context, arg AuthAttemptListLockedParams) ([]AuthAttempt, error)
-	// Settles a reservation as a success: the attempt is refunded and the
-	// counter, the lock and the lock history of this (email, ip) are reset.
-	AuthAttemptSucceed(ctx context.Context, arg AuthAttemptSucceedParams) (int64, error)
-	// Clears counters and locks of every source for one email.
+	// Clears the account-and-source counters of one account, every source and
+	// channel.
 	AuthAttemptUnlockEmail(ctx context.Context, arg AuthAttemptUnlockEmailParams) (int64, error)
+	// Deletes at most max_rows known sources whose last success is older than
+	// the cutoff; they no longer count as known.
+	AuthKnownSourceDeleteExpired(ctx context.Context, arg AuthKnownSourceDeleteExpiredParams) (int64, error)
+	AuthKnownSourceGet(ctx context.Context, arg AuthKnownSourceGetParams) (AuthKnownSource, error)
+	// Lists active locks of every tier, a page at a time, ordered by tier and
+	// id: pass the last row's tier and id as the cursor, or empty and 0 for the
+	// first page. A hard lock has no end, so its row carries hard_locked and,
+	// in locked_until, the time the hard lock began.
+	AuthLockList(ctx context.Context, arg AuthLockListParams) ([]AuthLockListRow, error)
+	// Reserves one login attempt against all three lockout counters, or
+	// returns why it cannot; see auth_login_begin in the migrations.
+	AuthLoginBegin(ctx context.Context, arg AuthLoginBeginParams) (AuthLoginBeginRow, error)
+	// Settles an attempt as a wrong credential and engages the locks whose
+	// thresholds it reaches; see auth_login_fail in the migrations. A tier's
+	// locked_until equals db_now when that tier is not locked, and attempt_id
+	// is 0 when the attempt's counters are gone.
+	AuthLoginFail(ctx context.Context, arg AuthLoginFailParams) (AuthLoginFailRow, error)
+	// Settles an attempt as a success (success), or gives it back without
+	// counting (neither flag); see auth_login_settle in the migrations.
+	// Returns false when the attempt's counters are gone.
+	AuthLoginSettle(ctx context.Context, arg AuthLoginSettleParams) (bool, error)
+	// Like AuthAttemptDeleteIdle for source-wide counters.
+	AuthSourceCounterDeleteIdle(ctx context.Context, arg AuthSourceCounterDeleteIdleParams) (int64, error)
+	// Lists the source-wide counters of one source, one per channel. A NULL
+	// ip selects the bucket of unknown sources.
+	AuthSourceCounterListBySource(ctx context.Context, ip *netip.Prefix) ([]AuthSourceCounter, error)
+	// Clears the source-wide counters of one source on every channel.
+	AuthSourceCounterUnlock(ctx context.Context, arg AuthSourceCounterUnlockParams) (int64, error)
 	// Returns the database clock, which every decision uses.
 	DatabaseNow(ctx context.Context) (time.Time, error)
 	// Claims a key for the caller's lock_token, or returns the record in the
@@ -43,6 +71,14 @@ type Querier interface {
 	// run side by side and never waits on a record a request is claiming.
 	IdempotencyRecordDeleteExpired(ctx context.Context, arg IdempotencyRecordDeleteExpiredParams) (int64, error)
 	IdempotencyRecordGet(ctx context.Context, arg IdempotencyRecordGetParams) (IdempotencyRecordGetRow, error)
+	// Settles the record without a response, for a handler that failed after it
+	// may have changed something: retries get "outcome unknown" and never run
+	// again. Like Complete it only touches a record the caller still owns.
+	IdempotencyRecordMarkOutcomeUnknown(ctx context.Context, arg IdempotencyRecordMarkOutcomeUnknownParams) (int64, error)
+	// Settles the record without a response, for a handler that finished with a
+	// response too large to store: retries get "result unavailable" and never
+	// run again. Like Complete it only touches a record the caller still owns.
+	IdempotencyRecordMarkResultUnavailable(ctx context.Context, arg IdempotencyRecordMarkResultUnavailableParams) (int64, error)
 	// Gives up a claim so a retry with the same key runs again; like Complete it
 	// only touches a record the caller still owns.
 	IdempotencyRecordRelease(ctx context.Context, arg IdempotencyRecordReleaseParams) (int64, error)

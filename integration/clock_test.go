@@ -20,10 +20,10 @@ func TestDatabaseClock(t *testing.T) {
 	t.Run("LockoutDecidesByDatabaseTime", func(t *testing.T) {
 		t.Parallel()
 		db := pgtest.New(t)
-		lockout, err := service.NewLockout(db.Pool, service.LockoutConfig{MaxFailures: 1, LockDuration: time.Hour})
+		lockout, err := service.NewLockout(db.Pool, passwordConfig(service.TierPolicy{MaxFailures: 1, LockDuration: time.Hour}))
 		require.NoError(t, err)
 
-		attempt, err := lockout.Begin(t.Context(), "clock@example.com", "192.0.2.1")
+		attempt, err := lockout.Begin(t.Context(), service.ChannelPassword, "clock@example.com", "192.0.2.1")
 		require.NoError(t, err)
 		result, err := attempt.Fail(t.Context())
 		require.NoError(t, err)
@@ -32,9 +32,11 @@ func TestDatabaseClock(t *testing.T) {
 		require.NoError(t, err)
 		require.WithinDuration(t, dbNow.Add(time.Hour), result.LockedUntil, time.Minute)
 
-		status, err := lockout.Status(t.Context(), "clock@example.com", "192.0.2.1")
+		statuses, err := lockout.AccountStatus(t.Context(), "clock@example.com")
 		require.NoError(t, err)
-		require.True(t, status.Locked())
+		require.Len(t, statuses, 2)
+		require.Equal(t, service.TierAccountSource, statuses[1].Tier)
+		require.True(t, statuses[1].Locked())
 
 		deleted, err := lockout.PurgeIdle(t.Context(), 24*time.Hour, 100)
 		require.NoError(t, err)

@@ -50,10 +50,14 @@ var (
 // LockedError reports an attempt rejected by [Lockout.Begin]. Nothing was
 // counted for it.
 type LockedError struct {
+	// Tier names the counter that rejected the attempt. Log it, but do not
+	// send it to the client: the answer should not reveal which limit hit.
+	Tier Tier
 	// RetryAfter is how long until the key may try again, by the database
 	// clock, rounded up to whole seconds and at least one second.
 	RetryAfter time.Duration
-	// Until is when the lock ends, by the database clock.
+	// Until is when the lock ends, by the database clock. It is the zero
+	// time for a hard lock, which only an explicit unlock ends.
 	Until time.Time
 }
 

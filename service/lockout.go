@@ -2,103 +2,28 @@ package service
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
 	"sync/atomic"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/pgguard/pgguard/dbgen"
 )
 
-// LockoutConfig is the policy of a [Lockout]. A zero field takes its
-// default.
-type LockoutConfig struct {
-	// MaxFailures is how many failures a key (email and source) may have
-	// before it is locked. Defaults to 5.
-	MaxFailures int
-
-	// FailureWindow is how long failures are remembered: once the last
-	// failure and the end of the last lock are both older than this, the
-	// key starts afresh, lock history included. Defaults to 15 minutes.
-	FailureWindow time.Duration
-
-	// LockDuration is the length of the first lock. Each consecutive lock
-	// doubles it, up to MaxLockDuration. Defaults to 30 seconds.
-	LockDuration time.Duration
-
-	// MaxLockDuration caps the doubling. Defaults to 1 hour.
-	MaxLockDuration time.Duration
-
-	// AttemptTimeout is how long an attempt may stay unsettled. Begin counts
-	// an older unsettled attempt as a failure, because its caller crashed or
-	// lost its connection between Begin and settling. Defaults to 1 minute.
-	AttemptTimeout time.Duration
-
-	// IPv6PrefixLen is the prefix length IPv6 clients are counted by.
-	// Defaults to 64. Must be between 1 and 128.
-	IPv6PrefixLen int
-
-	// Now, when set, supplies the time of every decision instead of the
-	// database clock. Tests use it to move time without sleeping; leave it
-	// nil in production so every instance decides by one clock.
-	Now func() time.Time
-
-	// Logger receives lock events and errors. Defaults to discarding them.
-	Logger *slog.Logger
-}
-
-func (c LockoutConfig) withDefaults() LockoutConfig {
-	if c.MaxFailures == 0 {
-		c.MaxFailures = 5
-	}
-	if c.FailureWindow == 0 {
-		c.FailureWindow = 15 * time.Minute
-	}
-	if c.LockDuration == 0 {
-		c.LockDuration = 30 * time.Second
-	}
-	if c.MaxLockDuration == 0 {
-		c.MaxLockDuration = time.Hour
-	}
-	if c.AttemptTimeout == 0 {
-		c.AttemptTimeout = time.Minute
-	}
-	if c.IPv6PrefixLen == 0 {
-		c.IPv6PrefixLen = 64
-	}
-	if c.Logger == nil {
-		c.Logger = slog.New(slog.DiscardHandler)
-	}
-	return c
-}
-
-func (c LockoutConfig) validate() error {
-	switch {
-	case c.MaxFailures < 1 || c.MaxFailures > 1_000_000:
-		return invalidConfig("MaxFailures", "is %d; use a value from 1 to 1000000", c.MaxFailures)
-	case c.FailureWindow < time.Millisecond:
-		return invalidConfig("FailureWindow", "is %s; use a positive duration of at least 1ms", c.FailureWindow)
-	case c.LockDuration < time.Millisecond:
-		return invalidConfig("LockDuration", "is %s; use a positive duration of at least 1ms", c.LockDuration)
-	case c.MaxLockDuration < c.LockDuration:
-		return invalidConfig("MaxLockDuration", "is %s, shorter than LockDuration %s", c.MaxLockDuration, c.LockDuration)
-	case c.AttemptTimeout < time.Millisecond:
-		return invalidConfig("AttemptTimeout", "is %s; use a positive duration of at least 1ms", c.AttemptTimeout)
-	case c.IPv6PrefixLen < 1 || c.IPv6PrefixLen > 128:
-		return invalidConfig("IPv6PrefixLen", "is %d; use a value from 1 to 128", c.IPv6PrefixLen)
-	}
-	return nil
-}
-
-// Lockout limits failed logins per normalized email and client source. Use
-// it in three steps: [Lockout.Begin] before checking the password, then
-// exactly one of [Attempt.Succeed] or [Attempt.Fail]. Begin counts the
-// attempt provisionally, so however many requests race, at most MaxFailures
-// of them reach password verification.
+// Lockout limits failed logins with three counters per channel: one account
+// from one client source, one account from all sources, and one source
+// against all accounts, plus a hard lock after too many consecutive
+// failures on an account. Use it in three steps: [Lockout.Begin] before
+// checking the credential, then exactly one of [Attempt.Succeed],
+// [Attempt.Fail] or [Attempt.Cancel].
+//
+// Begin counts the attempt provisionally on every counter, so however many
+// requests race, no more than a counter's MaxFailures reach verification.
+// Unknown emails are counted and locked exactly like real ones, so nothing
+// Lockout returns tells them apart. Every decision takes the database clock.
+//
+// A Lockout is safe for concurrent use.
 type Lockout struct {
 	queries *dbgen.Queries
 	config  LockoutConfig
@@ -116,11 +41,11 @@ func NewLockout(db dbgen.DBTX, config LockoutConfig) (*Lockout, error) {
 }
 
 // Attempt is a login attempt admitted by [Lockout.Begin]. Settle it exactly
-// once with Succeed or Fail; an attempt never settled counts as a failure
-// after AttemptTimeout.
+// once; an attempt never settled counts as a failure after AttemptTimeout.
 type Attempt struct {
 	lockout *Lockout
 	id      int64
+	channel Channel
 	email   string
 	source  *netip.Prefix
 	settled atomic.Bool
@@ -129,24 +54,28 @@ type Attempt struct {
 // Email returns the normalized email the attempt is counted under.
 func (a *Attempt) Email() string { return a.email }
 
+// Channel returns the channel the attempt is counted under.
+func (a *Attempt) Channel() Channel { return a.channel }
+
 // Source returns the client network the attempt is counted under, or an
 // invalid prefix when the source is unknown.
-func (a *Attempt) Source() netip.Prefix {
-	if a.source == nil {
-		return netip.Prefix{}
-	}
-	return *a.source
-}
+func (a *Attempt) Source() netip.Prefix { return prefixValue(a.source) }
 
-// Begin admits a login attempt for email from the client address ip (an
-// empty ip is the one bucket of unknown sources), counting it
-// provisionally. Call it before verifying the password.
+// Begin admits an attempt to verify a credential of channel for email from
+// the client address ip, counting it provisionally. An empty ip is the one
+// bucket of unknown sources; [SourceResolver] derives ip from a request.
+// Call Begin before verifying the credential.
 //
-// While the key is locked, or while attempts already in flight fill the
-// remaining failure budget, Begin returns a *LockedError (matching
-// [ErrLocked]) and counts nothing; the password must not be checked then.
-// Invalid input returns an *InputError and stores nothing.
-func (l *Lockout) Begin(ctx context.Context, email, ip string) (*Attempt, error) {
+// While any lock applies to the account or the source, or while attempts in
+// flight fill a counter's remaining budget, Begin returns a *LockedError
+// (matching [ErrLocked]) and counts nothing: do not verify the credential
+// then, and answer exactly as for a wrong one. Invalid input returns an
+// *InputError and stores nothing.
+func (l *Lockout) Begin(ctx context.Context, channel Channel, email, ip string) (*Attempt, error) {
+	policy, ok := l.config.Channels[channel]
+	if !ok {
+		return nil, invalidInput("channel", fmt.Sprintf("%q is not configured; use a built-in channel or add it to LockoutConfig.Channels", channel))
+	}
 	normalized, err := NormalizeEmail(email)
 	if err != nil {
 		return nil, err
@@ -156,109 +85,216 @@ func (l *Lockout) Begin(ctx context.Context, email, ip string) (*Attempt, error)
 		return nil, err
 	}
 
-	row, err := l.queries.AuthAttemptBegin(ctx, dbgen.AuthAttemptBeginParams{
-		Now:              l.now(),
+	params := dbgen.AuthLoginBeginParams{
 		Email:            normalized,
 		Ip:               source,
-		MaxFailures:      int32(l.config.MaxFailures),
-		FailureWindowMs:  l.config.FailureWindow.Milliseconds(),
+		Channel:          string(channel),
+		Now:              l.now(),
 		AttemptTimeoutMs: l.config.AttemptTimeout.Milliseconds(),
-		LockBaseMs:       l.config.LockDuration.Milliseconds(),
-		LockMaxMs:        l.config.MaxLockDuration.Milliseconds(),
-	})
+		KnownSourceMs:    l.config.KnownSourceWindow.Milliseconds(),
+		HardLockAfter:    int32(policy.HardLockAfter),
+		PairMax:          int32(policy.AccountSource.MaxFailures),
+		PairWindowMs:     policy.AccountSource.FailureWindow.Milliseconds(),
+		PairLockMs:       policy.AccountSource.LockDuration.Milliseconds(),
+		PairLockMaxMs:    policy.AccountSource.MaxLockDuration.Milliseconds(),
+		AccountMax:       int32(policy.Account.MaxFailures),
+		AccountWindowMs:  policy.Account.FailureWindow.Milliseconds(),
+		AccountLockMs:    policy.Account.LockDuration.Milliseconds(),
+		AccountLockMaxMs: policy.Account.MaxLockDuration.Milliseconds(),
+		SourceMax:        int32(policy.Source.MaxFailures),
+		SourceWindowMs:   policy.Source.FailureWindow.Milliseconds(),
+		SourceLockMs:     policy.Source.LockDuration.Milliseconds(),
+		SourceLockMaxMs:  policy.Source.MaxLockDuration.Milliseconds(),
+	}
+	row, err := l.beginWaiting(ctx, params)
 	if err != nil {
-		return nil, fmt.Errorf("pgguard: failed to begin login attempt: %w", err)
+		return nil, err
 	}
 
-	switch row.LastDecision {
+	switch row.Decision {
 	case "reserved":
-		return &Attempt{lockout: l, id: row.ID, email: normalized, source: source}, nil
+		return &Attempt{lockout: l, id: row.AttemptID, channel: channel, email: normalized, source: source}, nil
 
 	case "locked":
-		until := *row.LockedUntil
-		return nil, &LockedError{RetryAfter: retryAfter(until.Sub(row.DbNow)), Until: until}
+		tier := Tier(row.Tier)
+		if tier == TierHard {
+			// A hard lock has no end; suggest the longest lock of the
+			// account tier as the wait.
+			return nil, &LockedError{Tier: tier, RetryAfter: retryAfter(policy.Account.MaxLockDuration)}
+		}
+		return nil, &LockedError{Tier: tier, RetryAfter: retryAfter(row.LockedUntil.Sub(row.DbNow)), Until: row.LockedUntil}
 
 	case "saturated":
-		// The attempts in flight settle within AttemptTimeout of the latest
-		// one, or count as failures then; either way the key is decided by
-		// that time.
-		until := row.LastAttemptAt.Add(l.config.AttemptTimeout)
-		return nil, &LockedError{RetryAfter: retryAfter(until.Sub(row.DbNow)), Until: until}
+		// Attempts in flight still fill a budget after InFlightWait: they
+		// may have crashed, and count as failures after AttemptTimeout.
+		return nil, &LockedError{Tier: TierInFlight, RetryAfter: time.Second, Until: row.DbNow.Add(time.Second)}
 
 	default:
-		return nil, fmt.Errorf("pgguard: unexpected lockout decision %q from the database; check that the migrations are current", row.LastDecision)
+		return nil, fmt.Errorf("pgguard: unexpected lockout decision %q from the database; check that the migrations are current", row.Decision)
 	}
 }
 
-// FailResult describes the state of a key after [Attempt.Fail].
-type FailResult struct {
-	// Failures is the number of settled failures since the last reset or
-	// lock. It is 0 when this failure engaged a lock.
-	Failures int
-	// LockedUntil is when the key's current lock ends, or the zero time
-	// when the key is not locked.
-	LockedUntil time.Time
+// beginWaiting calls AuthLoginBegin, and while attempts in flight fill a
+// budget, calls it again with a growing pause until they settle or
+// InFlightWait passes. So correct logins that race each other all get
+// through, one batch after another, while a burst of wrong ones still
+// reaches verification at most MaxFailures times: their failures engage a
+// lock that the waiting attempts then see.
+func (l *Lockout) beginWaiting(ctx context.Context, params dbgen.AuthLoginBeginParams) (dbgen.AuthLoginBeginRow, error) {
+	budget := time.NewTimer(l.config.InFlightWait)
+	defer budget.Stop()
+	pause := 5 * time.Millisecond
+
+	for {
+		row, err := l.queries.AuthLoginBegin(ctx, params)
+		if err != nil {
+			return row, fmt.Errorf("pgguard: failed to begin login attempt: %w", err)
+		}
+		if row.Decision != "saturated" {
+			return row, nil
+		}
+
+		wait := time.NewTimer(pause)
+		select {
+		case <-ctx.Done():
+			wait.Stop()
+			return row, fmt.Errorf("pgguard: gave up waiting for login attempts in flight: %w", ctx.Err())
+		case <-budget.C:
+			wait.Stop()
+			return row, nil
+		case <-wait.C:
+		}
+		pause = min(2*pause, 100*time.Millisecond)
+	}
 }
 
-// Locked reports whether the key is locked after this failure.
-func (r FailResult) Locked() bool { return !r.LockedUntil.IsZero() }
+// FailResult describes the account-and-source counter after [Attempt.Fail].
+type FailResult struct {
+	// Failures is the number of failures of this account from this source
+	// since the last reset or lock. It is 0 when this failure engaged a lock.
+	Failures int
+	// LockedUntil is when the account-and-source lock ends, or the zero
+	// time when that counter is not locked.
+	LockedUntil time.Time
+	// HardLocked reports that this failure engaged the hard lock.
+	HardLocked bool
+}
+
+// Locked reports whether the account is locked for this source.
+func (r FailResult) Locked() bool { return r.HardLocked || !r.LockedUntil.IsZero() }
 
 // Fail settles the attempt as a wrong credential. The provisional count
-// becomes a failure, and reaching MaxFailures engages a lock that lasts
-// LockDuration doubled for each consecutive lock, capped at
-// MaxLockDuration. Call it only for a wrong credential, not for a request
-// rejected for another reason (a disabled account, say); use Succeed to
-// give the attempt back in that case.
+// becomes a failure on every counter, and each counter that reaches its
+// MaxFailures locks for its LockDuration, doubled for each consecutive lock
+// and capped at MaxLockDuration; an active lock is never extended. Call it
+// only for a wrong credential; use Cancel for a request refused for
+// another reason.
 func (a *Attempt) Fail(ctx context.Context) (FailResult, error) {
 	if !a.settled.CompareAndSwap(false, true) {
 		return FailResult{}, ErrAlreadySettled
 	}
 	l := a.lockout
+	policy := l.config.Channels[a.channel]
 
-	row, err := l.queries.AuthAttemptFail(ctx, dbgen.AuthAttemptFailParams{
-		Now:         l.now(),
-		ID:          a.id,
-		MaxFailures: int32(l.config.MaxFailures),
-		LockBaseMs:  l.config.LockDuration.Milliseconds(),
-		LockMaxMs:   l.config.MaxLockDuration.Milliseconds(),
+	row, err := l.queries.AuthLoginFail(ctx, dbgen.AuthLoginFailParams{
+		AttemptID:        a.id,
+		Now:              l.now(),
+		HardLockAfter:    int32(policy.HardLockAfter),
+		PairMax:          int32(policy.AccountSource.MaxFailures),
+		PairLockMs:       policy.AccountSource.LockDuration.Milliseconds(),
+		PairLockMaxMs:    policy.AccountSource.MaxLockDuration.Milliseconds(),
+		AccountMax:       int32(policy.Account.MaxFailures),
+		AccountLockMs:    policy.Account.LockDuration.Milliseconds(),
+		AccountLockMaxMs: policy.Account.MaxLockDuration.Milliseconds(),
+		SourceMax:        int32(policy.Source.MaxFailures),
+		SourceLockMs:     policy.Source.LockDuration.Milliseconds(),
+		SourceLockMaxMs:  policy.Source.MaxLockDuration.Milliseconds(),
 	})
-	if errors.Is(err, pgx.ErrNoRows) {
-		// The row was purged or deleted by an operator: nothing to count.
-		return FailResult{}, nil
-	}
 	if err != nil {
 		return FailResult{}, fmt.Errorf("pgguard: failed to record login failure: %w", err)
 	}
-
-	result := FailResult{Failures: int(row.FailuresCount)}
-	if row.LockedUntil != nil && row.LockedUntil.After(row.DbNow) {
-		result.LockedUntil = *row.LockedUntil
+	if row.AttemptID == 0 {
+		// An operator unlocked or purged the counters meanwhile.
+		return FailResult{}, nil
 	}
-	if result.Locked() && row.FailuresCount == 0 {
-		// This failure engaged the lock: a failure during an existing lock
-		// leaves a count of at least one.
-		l.config.Logger.LogAttrs(ctx, slog.LevelInfo, "pgguard: login key locked",
-			slog.Int64("auth_attempt_id", row.ID),
-			slog.Int("lock_count", int(row.LockCount)),
-			slog.Time("locked_until", *row.LockedUntil),
-		)
+
+	result := FailResult{Failures: int(row.FailuresCount), HardLocked: row.HardLockEngaged}
+	if row.PairLockedUntil.After(row.DbNow) {
+		result.LockedUntil = row.PairLockedUntil
+	}
+
+	if row.PairLockEngaged {
+		l.emit(ctx, LockoutEvent{Kind: EventLocked, Tier: TierAccountSource, Channel: a.channel, Email: a.email, Source: a.Source(), Until: row.PairLockedUntil})
+	}
+	if row.AccountLockEngaged {
+		l.emit(ctx, LockoutEvent{Kind: EventLocked, Tier: TierAccount, Channel: a.channel, Email: a.email, Until: row.AccountLockedUntil})
+	}
+	if row.SourceLockEngaged {
+		l.emit(ctx, LockoutEvent{Kind: EventSourceThrottled, Tier: TierSource, Channel: a.channel, Source: a.Source(), Until: row.SourceLockedUntil})
+	}
+	if row.HardLockEngaged {
+		l.emit(ctx, LockoutEvent{Kind: EventHardLocked, Tier: TierHard, Channel: a.channel, Email: a.email})
 	}
 	return result, nil
 }
 
-// Succeed settles the attempt as a correct credential: the provisional
-// count is refunded and the key's failures, lock and lock history are
-// cleared.
+// Succeed settles the attempt as a correct credential that completes the
+// login. The provisional count is given back everywhere; the counter of
+// this account from this source is reset, its lock included; the account's
+// streak toward the hard lock ends; and the source becomes known to the
+// account for KnownSourceWindow. The account-wide and source-wide counters
+// are not reset, so a success cannot clear failures other sources caused
+// or failures this source caused against other accounts.
+//
+// When a second factor must follow, use SucceedFirstFactor instead, so the
+// source becomes known only once the whole login succeeded.
 func (a *Attempt) Succeed(ctx context.Context) error {
+	return a.settle(ctx, true, true)
+}
+
+// SucceedFirstFactor settles the attempt as a correct credential that
+// does not complete the login yet: it does everything Succeed does except
+// remembering the source, which Succeed on the last factor's attempt does.
+func (a *Attempt) SucceedFirstFactor(ctx context.Context) error {
+	return a.settle(ctx, true, false)
+}
+
+// Cancel settles the attempt without counting it either way: the
+// provisional count is given back and nothing is reset. Use it when a
+// request is refused for a reason other than a wrong credential, such as a
+// disabled account, or when verification could not run.
+func (a *Attempt) Cancel(ctx context.Context) error {
+	return a.settle(ctx, false, false)
+}
+
+func (a *Attempt) settle(ctx context.Context, success, rememberSource bool) error {
 	if !a.settled.CompareAndSwap(false, true) {
 		return ErrAlreadySettled
 	}
 	l := a.lockout
 
-	if _, err := l.queries.AuthAttemptSucceed(ctx, dbgen.AuthAttemptSucceedParams{Now: l.now(), ID: a.id}); err != nil {
-		return fmt.Errorf("pgguard: failed to record login success: %w", err)
+	_, err := l.queries.AuthLoginSettle(ctx, dbgen.AuthLoginSettleParams{
+		AttemptID:      a.id,
+		Now:            l.now(),
+		Success:        success,
+		RememberSource: rememberSource,
+	})
+	if err != nil {
+		return fmt.Errorf("pgguard: failed to settle login attempt: %w", err)
 	}
 	return nil
+}
+
+func (l *Lockout) emit(ctx context.Context, event LockoutEvent) {
+	l.config.Logger.LogAttrs(ctx, slog.LevelInfo, "pgguard: lockout "+string(event.Kind),
+		slog.String("tier", string(event.Tier)),
+		slog.String("channel", string(event.Channel)),
+		slog.String("source", prefixString(event.Source)),
+		slog.Time("until", event.Until),
+	)
+	if l.config.OnEvent != nil {
+		l.config.OnEvent(ctx, event)
+	}
 }
 
 func (l *Lockout) now() *time.Time {
@@ -267,4 +303,31 @@ func (l *Lockout) now() *time.Time {
 	}
 	t := l.config.Now()
 	return &t
+}
+
+// dbNow returns the time decisions use: Config.Now when set, else the
+// database clock.
+func (l *Lockout) dbNow(ctx context.Context) (time.Time, error) {
+	if l.config.Now != nil {
+		return l.config.Now(), nil
+	}
+	now, err := l.queries.DatabaseNow(ctx)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("pgguard: failed to read the database clock: %w", err)
+	}
+	return now, nil
+}
+
+func prefixValue(prefix *netip.Prefix) netip.Prefix {
+	if prefix == nil {
+		return netip.Prefix{}
+	}
+	return *prefix
+}
+
+func prefixString(prefix netip.Prefix) string {
+	if !prefix.IsValid() {
+		return "unknown"
+	}
+	return prefix.String()
 }

@@ -4,8 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/netip"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -13,12 +14,14 @@ import (
 	"github.com/pgguard/pgguard/dbgen"
 )
 
-// KeyStatus is the stored state of one lockout key (email and source).
-type KeyStatus struct {
-	// Email is the normalized email.
+// CounterStatus is the stored state of one lockout counter.
+type CounterStatus struct {
+	Tier    Tier
+	Channel Channel
+	// Email is the normalized email; empty for a source-wide counter.
 	Email string
-	// Source is the client network, or an invalid prefix for the bucket of
-	// unknown sources.
+	// Source is the client network; invalid for an account-wide counter
+	// and for the bucket of unknown sources.
 	Source netip.Prefix
 	// Failures counts settled failures since the last reset or lock.
 	Failures int
@@ -28,148 +31,311 @@ type KeyStatus struct {
 	// doubled this many times, capped.
 	LockCount int
 	// LockedUntil is when the current lock ends, or the zero time when the
-	// key is not locked now.
+	// counter is not locked now.
 	LockedUntil time.Time
 	// LastAttemptAt is the time of the last counted attempt.
 	LastAttemptAt time.Time
+	// ConsecutiveFailures is the streak toward the hard lock; account-wide
+	// counters only.
+	ConsecutiveFailures int
+	// HardLocked reports a hard lock; account-wide counters only.
+	HardLocked bool
 }
 
-// Locked reports whether the key is locked.
-func (s KeyStatus) Locked() bool { return !s.LockedUntil.IsZero() }
+// Locked reports whether the counter rejects attempts now.
+func (s CounterStatus) Locked() bool { return s.HardLocked || !s.LockedUntil.IsZero() }
 
-// Status returns the state of the key for email and ip, normalized as Begin
-// normalizes them. A key that never failed has a zero KeyStatus with Email
-// and Source set.
-func (l *Lockout) Status(ctx context.Context, email, ip string) (KeyStatus, error) {
-	normalized, err := NormalizeEmail(email)
-	if err != nil {
-		return KeyStatus{}, err
-	}
-	source, err := NormalizeSource(ip, l.config.IPv6PrefixLen)
-	if err != nil {
-		return KeyStatus{}, err
-	}
-
-	row, err := l.queries.AuthAttemptGet(ctx, dbgen.AuthAttemptGetParams{Email: normalized, Ip: source})
-	if errors.Is(err, pgx.ErrNoRows) {
-		status := KeyStatus{Email: normalized}
-		if source != nil {
-			status.Source = *source
-		}
-		return status, nil
-	}
-	if err != nil {
-		return KeyStatus{}, fmt.Errorf("pgguard: failed to read lockout status: %w", err)
-	}
-	return l.keyStatus(ctx, row)
-}
-
-// StatusByEmail returns the state of every source that attempted email.
-func (l *Lockout) StatusByEmail(ctx context.Context, email string) ([]KeyStatus, error) {
+// AccountStatus returns every counter of the account email: the
+// account-wide counter of each channel first, then the account-and-source
+// counter of each source and channel that attempted it.
+func (l *Lockout) AccountStatus(ctx context.Context, email string) ([]CounterStatus, error) {
 	normalized, err := NormalizeEmail(email)
 	if err != nil {
 		return nil, err
 	}
+	now, err := l.dbNow(ctx)
+	if err != nil {
+		return nil, err
+	}
 
-	rows, err := l.queries.AuthAttemptListByEmail(ctx, normalized)
+	accounts, err := l.queries.AuthAccountCounterListByEmail(ctx, normalized)
+	if err != nil {
+		return nil, fmt.Errorf("pgguard: failed to read lockout status: %w", err)
+	}
+	pairs, err := l.queries.AuthAttemptListByEmail(ctx, normalized)
 	if err != nil {
 		return nil, fmt.Errorf("pgguard: failed to read lockout status: %w", err)
 	}
 
-	statuses := make([]KeyStatus, 0, len(rows))
-	for _, row := range rows {
-		status, err := l.keyStatus(ctx, row)
-		if err != nil {
-			return nil, err
-		}
-		statuses = append(statuses, status)
+	statuses := make([]CounterStatus, 0, len(accounts)+len(pairs))
+	for _, row := range accounts {
+		statuses = append(statuses, CounterStatus{
+			Tier:                TierAccount,
+			Channel:             Channel(row.Channel),
+			Email:               row.Email,
+			Failures:            int(row.FailuresCount),
+			Pending:             int(row.PendingCount),
+			LockCount:           int(row.LockCount),
+			LockedUntil:         activeUntil(row.LockedUntil, now),
+			LastAttemptAt:       row.LastAttemptAt,
+			ConsecutiveFailures: int(row.ConsecutiveFailures),
+			HardLocked:          row.HardLockedAt != nil,
+		})
+	}
+	for _, row := range pairs {
+		statuses = append(statuses, CounterStatus{
+			Tier:          TierAccountSource,
+			Channel:       Channel(row.Channel),
+			Email:         row.Email,
+			Source:        prefixValue(row.Ip),
+			Failures:      int(row.FailuresCount),
+			Pending:       int(row.PendingCount),
+			LockCount:     int(row.LockCount),
+			LockedUntil:   activeUntil(row.LockedUntil, now),
+			LastAttemptAt: row.LastAttemptAt,
+		})
 	}
 	return statuses, nil
 }
 
-// UnlockEmail clears the failures and locks of every source for email and
-// returns how many keys it cleared.
-func (l *Lockout) UnlockEmail(ctx context.Context, email string) (int64, error) {
+// SourceStatus returns the source-wide counter of each channel for the
+// client address ip, normalized as Begin normalizes it; an empty ip selects
+// the bucket of unknown sources.
+func (l *Lockout) SourceStatus(ctx context.Context, ip string) ([]CounterStatus, error) {
+	source, err := NormalizeSource(ip, l.config.IPv6PrefixLen)
+	if err != nil {
+		return nil, err
+	}
+	now, err := l.dbNow(ctx)
+	if err != nil {
+		return nil, err
+	}
+
+	rows, err := l.queries.AuthSourceCounterListBySource(ctx, source)
+	if err != nil {
+		return nil, fmt.Errorf("pgguard: failed to read lockout status: %w", err)
+	}
+	statuses := make([]CounterStatus, 0, len(rows))
+	for _, row := range rows {
+		statuses = append(statuses, CounterStatus{
+			Tier:          TierSource,
+			Channel:       Channel(row.Channel),
+			Source:        prefixValue(row.Ip),
+			Failures:      int(row.FailuresCount),
+			Pending:       int(row.PendingCount),
+			LockCount:     int(row.LockCount),
+			LockedUntil:   activeUntil(row.LockedUntil, now),
+			LastAttemptAt: row.LastAttemptAt,
+		})
+	}
+	return statuses, nil
+}
+
+// IsKnownSource reports whether the client address ip logged into the
+// account email successfully within KnownSourceWindow.
+func (l *Lockout) IsKnownSource(ctx context.Context, email, ip string) (bool, error) {
+	normalized, err := NormalizeEmail(email)
+	if err != nil {
+		return false, err
+	}
+	source, err := NormalizeSource(ip, l.config.IPv6PrefixLen)
+	if err != nil || source == nil {
+		return false, err
+	}
+	now, err := l.dbNow(ctx)
+	if err != nil {
+		return false, err
+	}
+
+	known, err := l.queries.AuthKnownSourceGet(ctx, dbgen.AuthKnownSourceGetParams{Email: normalized, Ip: *source})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("pgguard: failed to read known sources: %w", err)
+	}
+	return known.LastSuccessAt.After(now.Add(-l.config.KnownSourceWindow)), nil
+}
+
+// UnlockAccount clears every lockout counter of the account email on every
+// channel: the account-wide counters, the hard lock and the counters of
+// each source against this account. Source-wide counters stay. It returns
+// how many counters it cleared.
+func (l *Lockout) UnlockAccount(ctx context.Context, email string) (int64, error) {
 	normalized, err := NormalizeEmail(email)
 	if err != nil {
 		return 0, err
 	}
 
-	cleared, err := l.queries.AuthAttemptUnlockEmail(ctx, dbgen.AuthAttemptUnlockEmailParams{Now: l.now(), Email: normalized})
+	accounts, err := l.queries.AuthAccountUnlock(ctx, dbgen.AuthAccountUnlockParams{Now: l.now(), Email: normalized})
 	if err != nil {
-		return 0, fmt.Errorf("pgguard: failed to unlock email: %w", err)
+		return 0, fmt.Errorf("pgguard: failed to unlock account: %w", err)
 	}
-	l.config.Logger.LogAttrs(ctx, slog.LevelInfo, "pgguard: email unlocked", slog.Int64("keys_cleared", cleared))
+	pairs, err := l.queries.AuthAttemptUnlockEmail(ctx, dbgen.AuthAttemptUnlockEmailParams{Now: l.now(), Email: normalized})
+	if err != nil {
+		return accounts, fmt.Errorf("pgguard: failed to unlock account: %w", err)
+	}
+
+	l.emit(ctx, LockoutEvent{Kind: EventUnlocked, Tier: TierAccount, Email: normalized})
+	return accounts + pairs, nil
+}
+
+// UnlockSource clears the source-wide counters of the client address ip
+// on every channel and returns how many it cleared. Counters of this
+// source against single accounts stay; unlock those accounts to clear them.
+func (l *Lockout) UnlockSource(ctx context.Context, ip string) (int64, error) {
+	source, err := NormalizeSource(ip, l.config.IPv6PrefixLen)
+	if err != nil {
+		return 0, err
+	}
+
+	cleared, err := l.queries.AuthSourceCounterUnlock(ctx, dbgen.AuthSourceCounterUnlockParams{Now: l.now(), Ip: source})
+	if err != nil {
+		return 0, fmt.Errorf("pgguard: failed to unlock source: %w", err)
+	}
+
+	l.emit(ctx, LockoutEvent{Kind: EventUnlocked, Tier: TierSource, Source: prefixValue(source)})
 	return cleared, nil
 }
 
-// PurgeIdle deletes keys whose last attempt and last lock both ended more
-// than retention ago, batchSize rows per statement so no statement holds
-// many row locks, until none is left. It returns how many rows it deleted.
-// A retention shorter than FailureWindow would forget failures early, so it
-// is rejected.
+// Lock is one active lock listed by [Lockout.ListLocks].
+type Lock struct {
+	Tier    Tier
+	Channel Channel
+	// Email is empty for a source-wide lock.
+	Email string
+	// Source is invalid for an account-wide lock and for unknown sources.
+	Source netip.Prefix
+	// Until is when the lock ends; for a hard lock, which has no end, it is
+	// when the hard lock began.
+	Until time.Time
+	// Hard reports a hard lock, listed with Tier TierAccount.
+	Hard bool
+}
+
+// LockPage is one page of [Lockout.ListLocks].
+type LockPage struct {
+	Locks []Lock
+	// Next is the cursor of the following page, or empty after the last.
+	Next string
+}
+
+// ListLocks returns up to limit active locks of every tier, ordered by tier
+// and then by when each counter was created. Pass an empty cursor for the
+// first page and the previous page's Next for the following ones.
+func (l *Lockout) ListLocks(ctx context.Context, cursor string, limit int) (LockPage, error) {
+	if limit < 1 || limit > 10_000 {
+		return LockPage{}, invalidInput("limit", fmt.Sprintf("%d; use a value from 1 to 10000", limit))
+	}
+	afterTier, afterID, err := parseLockCursor(cursor)
+	if err != nil {
+		return LockPage{}, err
+	}
+
+	rows, err := l.queries.AuthLockList(ctx, dbgen.AuthLockListParams{
+		Now:       l.now(),
+		AfterTier: afterTier,
+		AfterID:   afterID,
+		MaxRows:   int32(limit),
+	})
+	if err != nil {
+		return LockPage{}, fmt.Errorf("pgguard: failed to list locks: %w", err)
+	}
+
+	page := LockPage{Locks: make([]Lock, 0, len(rows))}
+	for _, row := range rows {
+		page.Locks = append(page.Locks, Lock{
+			Tier:    Tier(row.Tier),
+			Channel: Channel(row.Channel),
+			Email:   row.Email,
+			Source:  prefixValue(row.Ip),
+			Until:   row.LockedUntil,
+			Hard:    row.HardLocked,
+		})
+	}
+	if len(rows) == limit {
+		last := rows[len(rows)-1]
+		page.Next = last.Tier + ":" + strconv.FormatInt(last.ID, 10)
+	}
+	return page, nil
+}
+
+func parseLockCursor(cursor string) (string, int64, error) {
+	if cursor == "" {
+		return "", 0, nil
+	}
+	tier, id, ok := strings.Cut(cursor, ":")
+	number, err := strconv.ParseInt(id, 10, 64)
+	if !ok || err != nil || tier == "" {
+		return "", 0, invalidInput("cursor", fmt.Sprintf("%q is not a cursor returned by ListLocks", cursor))
+	}
+	return tier, number, nil
+}
+
+// PurgeIdle deletes counters whose last attempt and last lock both ended
+// more than retention ago, and known sources older than KnownSourceWindow,
+// batchSize rows per statement so no statement holds many row locks, until
+// none is left. Hard locks and unfinished streaks toward one are kept. It
+// returns how many rows it deleted. A retention shorter than the longest
+// FailureWindow of any channel would forget failures early, so it is
+// rejected.
 func (l *Lockout) PurgeIdle(ctx context.Context, retention time.Duration, batchSize int) (int64, error) {
-	if retention < l.config.FailureWindow {
-		return 0, invalidInput("retention", fmt.Sprintf("%s is shorter than FailureWindow %s; idle keys must outlive the window", retention, l.config.FailureWindow))
+	if longest := l.longestWindow(); retention < longest {
+		return 0, invalidInput("retention", fmt.Sprintf("%s is shorter than the longest FailureWindow %s; idle counters must outlive it", retention, longest))
 	}
 	if batchSize < 1 {
 		return 0, invalidInput("batch size", fmt.Sprintf("%d; use a positive number of rows, for example 1000", batchSize))
 	}
-
 	now, err := l.dbNow(ctx)
 	if err != nil {
 		return 0, err
 	}
 	idleBefore := now.Add(-retention)
+	params := dbgen.AuthAttemptDeleteIdleParams{IdleBefore: idleBefore, MaxRows: int32(batchSize)}
+
+	deletes := []func() (int64, error){
+		func() (int64, error) { return l.queries.AuthAttemptDeleteIdle(ctx, params) },
+		func() (int64, error) {
+			return l.queries.AuthAccountCounterDeleteIdle(ctx, dbgen.AuthAccountCounterDeleteIdleParams(params))
+		},
+		func() (int64, error) {
+			return l.queries.AuthSourceCounterDeleteIdle(ctx, dbgen.AuthSourceCounterDeleteIdleParams(params))
+		},
+		func() (int64, error) {
+			return l.queries.AuthKnownSourceDeleteExpired(ctx, dbgen.AuthKnownSourceDeleteExpiredParams{
+				SuccessBefore: now.Add(-l.config.KnownSourceWindow),
+				MaxRows:       int32(batchSize),
+			})
+		},
+	}
 
 	var total int64
-	for {
-		deleted, err := l.queries.AuthAttemptDeleteIdle(ctx, dbgen.AuthAttemptDeleteIdleParams{
-			IdleBefore: idleBefore,
-			MaxRows:    int32(batchSize),
-		})
-		total += deleted
-		if err != nil {
-			return total, fmt.Errorf("pgguard: failed to purge idle lockout keys: %w", err)
-		}
-		if deleted < int64(batchSize) {
-			return total, nil
+	for _, deleteBatch := range deletes {
+		for {
+			deleted, err := deleteBatch()
+			total += deleted
+			if err != nil {
+				return total, fmt.Errorf("pgguard: failed to purge idle lockout rows: %w", err)
+			}
+			if deleted < int64(batchSize) {
+				break
+			}
 		}
 	}
+	return total, nil
 }
 
-func (l *Lockout) keyStatus(ctx context.Context, row dbgen.AuthAttempt) (KeyStatus, error) {
-	status := KeyStatus{
-		Email:         row.Email,
-		Failures:      int(row.FailuresCount),
-		Pending:       int(row.PendingCount),
-		LockCount:     int(row.LockCount),
-		LastAttemptAt: row.LastAttemptAt,
+func (l *Lockout) longestWindow() time.Duration {
+	var longest time.Duration
+	for _, policy := range l.config.Channels {
+		longest = max(longest, policy.AccountSource.FailureWindow, policy.Account.FailureWindow, policy.Source.FailureWindow)
 	}
-	if row.Ip != nil {
-		status.Source = *row.Ip
-	}
-	if row.LockedUntil != nil {
-		now, err := l.dbNow(ctx)
-		if err != nil {
-			return KeyStatus{}, err
-		}
-		if row.LockedUntil.After(now) {
-			status.LockedUntil = *row.LockedUntil
-		}
-	}
-	return status, nil
+	return longest
 }
 
-// dbNow returns the time decisions use: Config.Now when set, else the
-// database clock.
-func (l *Lockout) dbNow(ctx context.Context) (time.Time, error) {
-	if l.config.Now != nil {
-		return l.config.Now(), nil
+func activeUntil(lockedUntil *time.Time, now time.Time) time.Time {
+	if lockedUntil == nil || !lockedUntil.After(now) {
+		return time.Time{}
 	}
-	now, err := l.queries.DatabaseNow(ctx)
-	if err != nil {
-		return time.Time{}, fmt.Errorf("pgguard: failed to read the database clock: %w", err)
-	}
-	return now, nil
+	return *lockedUntil
 }

@@ -167,7 +167,7 @@ func (s *server) handleLogin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	attempt, err := s.lockout.Begin(r.Context(), *req.Email, clientIP(r))
+	attempt, err := s.lockout.Begin(r.Context(), service.ChannelPassword, *req.Email, s.sources.ClientIP(r))
 	var locked *service.LockedError
 	var invalid *service.InputError
 	switch {

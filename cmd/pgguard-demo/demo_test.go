@@ -67,10 +67,10 @@ func TestLoginUnknownEmailAnswersIdentical(t *testing.T) {
 	config := fastConfig()
 	// A lock much longer than the test, so Retry-After is the same whole
 	// number of seconds for both emails even on a slow machine.
-	config.Lockout.LockDuration = time.Minute
-	config.Lockout.MaxLockDuration = time.Hour
+	config.Password.LockDuration = time.Minute
+	config.Password.MaxLockDuration = time.Hour
 	client, _ := newTestClient(t, config)
-	attempts := config.Lockout.MaxFailures + 1
+	attempts := config.Password.MaxFailures + 1
 
 	// Each email's attempts run back to back, so each 429 comes right
 	// after its own lock was engaged.
@@ -328,8 +328,8 @@ func TestParseOptionsAccounts(t *testing.T) {
 		{Email: "carol@example.com", Password: "pw"},
 		{Email: "dave@example.com", Password: "x"},
 	}, opts.server.Accounts)
-	require.Equal(t, 3, opts.server.Lockout.MaxFailures)
-	require.Equal(t, 2*time.Second, opts.server.Lockout.LockDuration)
+	require.Equal(t, 3, opts.server.Password.MaxFailures)
+	require.Equal(t, 2*time.Second, opts.server.Password.LockDuration)
 }
 
 func TestParseOptionsErrorHidesPassword(t *testing.T) {
@@ -351,8 +351,8 @@ func TestParseOptionsRejectsZeroDurations(t *testing.T) {
 func TestNewServerRejectsInvalidPolicy(t *testing.T) {
 	db := newTestDatabase(t)
 	config := fastConfig()
-	config.Lockout.MaxLockDuration = time.Second
-	config.Lockout.LockDuration = time.Minute
+	config.Password.MaxLockDuration = time.Second
+	config.Password.LockDuration = time.Minute
 
 	_, err := newServer(db.Pool, config, newTestLogger(t))
 

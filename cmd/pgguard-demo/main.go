@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
@@ -120,10 +121,18 @@ Flags:
 		accountFlags = append(accountFlags, value)
 		return nil
 	})
-	flags.IntVar(&opts.server.Lockout.MaxFailures, "max-failures", 5, "number of failed logins, per email and client network, that engages a lock")
-	flags.DurationVar(&opts.server.Lockout.LockDuration, "lock-duration", 30*time.Second, "length of the first lock; each consecutive lock doubles it")
-	flags.DurationVar(&opts.server.Lockout.MaxLockDuration, "max-lock-duration", time.Hour, "cap on the doubled lock length")
-	flags.DurationVar(&opts.server.Lockout.FailureWindow, "failure-window", 15*time.Minute, "how long failures are remembered after the last failure and the end of the last lock")
+	flags.IntVar(&opts.server.Password.MaxFailures, "max-failures", 5, "number of failed logins, per email and client network, that engages a lock")
+	flags.DurationVar(&opts.server.Password.LockDuration, "lock-duration", 30*time.Second, "length of the first lock; each consecutive lock doubles it")
+	flags.DurationVar(&opts.server.Password.MaxLockDuration, "max-lock-duration", time.Hour, "cap on the doubled lock length")
+	flags.DurationVar(&opts.server.Password.FailureWindow, "failure-window", 24*time.Hour, "how long failures are remembered after the last failure and the end of the last lock")
+	flags.Func("trusted-proxy", "trust X-Forwarded-For from this reverse proxy `network`, such as 10.0.0.0/8 (repeatable)", func(value string) error {
+		prefix, err := netip.ParsePrefix(value)
+		if err != nil {
+			return fmt.Errorf("not a network in CIDR notation such as 10.0.0.0/8")
+		}
+		opts.server.TrustedProxies = append(opts.server.TrustedProxies, prefix.Masked())
+		return nil
+	})
 	flags.DurationVar(&opts.server.Idempotency.LeaseDuration, "lease", time.Minute, "how long a POST /orders request keeps its idempotency key before retries get 409 outcome unknown")
 	flags.DurationVar(&opts.server.OrderDelay, "order-delay", 0, "pause inside POST /orders before the insert, to make concurrent retries overlap")
 
@@ -160,9 +169,9 @@ func validatePolicy(config serverConfig) error {
 		flag  string
 		value time.Duration
 	}{
-		{"-lock-duration", config.Lockout.LockDuration},
-		{"-max-lock-duration", config.Lockout.MaxLockDuration},
-		{"-failure-window", config.Lockout.FailureWindow},
+		{"-lock-duration", config.Password.LockDuration},
+		{"-max-lock-duration", config.Password.MaxLockDuration},
+		{"-failure-window", config.Password.FailureWindow},
 		{"-lease", config.Idempotency.LeaseDuration},
 	}
 	for _, p := range positive {
@@ -170,8 +179,8 @@ func validatePolicy(config serverConfig) error {
 			return fmt.Errorf("%s is %s; use a positive duration such as 2s", p.flag, p.value)
 		}
 	}
-	if config.Lockout.MaxFailures < 1 {
-		return fmt.Errorf("-max-failures is %d; use 1 or more", config.Lockout.MaxFailures)
+	if config.Password.MaxFailures < 1 {
+		return fmt.Errorf("-max-failures is %d; use 1 or more", config.Password.MaxFailures)
 	}
 	if config.OrderDelay < 0 {
 		return fmt.Errorf("-order-delay is %s; use 0 or a positive duration", config.OrderDelay)
@@ -205,7 +214,7 @@ func runServer(ctx context.Context, opts options, getenv func(string) string, st
 		return fmt.Errorf("failed to listen on %s: %w", opts.addr, err)
 	}
 
-	policy := opts.server.Lockout
+	policy := opts.server.Password
 	logger.Info("listening",
 		"address", listener.Addr().String(),
 		"accounts", len(handler.accounts.hashes),

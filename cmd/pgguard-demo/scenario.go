@@ -42,7 +42,7 @@ const unknownEmail = "nobody@example.com"
 // duplicates overlap.
 func scenarioConfig() serverConfig {
 	return serverConfig{
-		Lockout: service.LockoutConfig{
+		Password: service.TierPolicy{
 			MaxFailures:     3,
 			LockDuration:    2 * time.Second,
 			MaxLockDuration: 10 * time.Second,
@@ -158,7 +158,7 @@ func playScenario(ctx context.Context, out io.Writer, pool *pgxpool.Pool, logger
 	baseURL := "http://" + listener.Addr().String()
 	fmt.Fprintf(out, "  API:      %s\n", baseURL)
 	fmt.Fprintf(out, "  Policy:   lock after %d failed logins for %s; idempotency lease %s; order delay %s\n",
-		config.Lockout.MaxFailures, config.Lockout.LockDuration, config.Idempotency.LeaseDuration, config.OrderDelay)
+		config.Password.MaxFailures, config.Password.LockDuration, config.Idempotency.LeaseDuration, config.OrderDelay)
 
 	s := &scenario{
 		out:     out,
@@ -169,8 +169,8 @@ func playScenario(ctx context.Context, out io.Writer, pool *pgxpool.Pool, logger
 			Transport: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: concurrentDuplicates},
 		},
 		orders:         handler.orders,
-		maxFailures:    config.Lockout.MaxFailures,
-		maxLockTime:    config.Lockout.MaxLockDuration,
+		maxFailures:    config.Password.MaxFailures,
+		maxLockTime:    config.Password.MaxLockDuration,
 		organizationID: "acme-" + strings.ToLower(rand.Text()[:6]),
 	}
 	defer s.client.CloseIdleConnections()
@@ -179,7 +179,7 @@ func playScenario(ctx context.Context, out io.Writer, pool *pgxpool.Pool, logger
 		title string
 		run   func(context.Context) error
 	}{
-		{fmt.Sprintf("Wrong passwords get 401 up to the threshold of %d", config.Lockout.MaxFailures), s.failLogins},
+		{fmt.Sprintf("Wrong passwords get 401 up to the threshold of %d", config.Password.MaxFailures), s.failLogins},
 		{"The next attempt is locked out with 429 and Retry-After", s.loginLocked},
 		{"The correct password is rejected too while the lock lasts", s.correctPasswordLocked},
 		{"An unknown email gets the same responses as a real account", s.unknownEmailIdentical},

@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -20,8 +20,15 @@ const maxBodyBytes = 1 << 20
 
 // serverConfig is everything the API needs besides its database.
 type serverConfig struct {
-	Lockout     service.LockoutConfig
-	Idempotency service.IdempotencyConfig
+	Lockout service.LockoutConfig
+	// Password is the policy of the account-and-source counter of password
+	// logins, which the command-line flags set; newServer puts it into
+	// Lockout. Its zero fields take the library defaults.
+	Password service.TierPolicy
+	// TrustedProxies are the reverse proxies whose X-Forwarded-For header
+	// names the client.
+	TrustedProxies []netip.Prefix
+	Idempotency    service.IdempotencyConfig
 	// Accounts are the users that can log in, with plain-text passwords
 	// that newServer hashes.
 	Accounts []credential
@@ -39,6 +46,7 @@ type serverConfig struct {
 type server struct {
 	logger      *slog.Logger
 	lockout     *service.Lockout
+	sources     service.SourceResolver
 	idempotency *service.Idempotency
 	accounts    *accountStore
 	orders      *orderStore
@@ -51,6 +59,9 @@ type server struct {
 // as long as one login per account.
 func newServer(pool *pgxpool.Pool, config serverConfig, logger *slog.Logger) (*server, error) {
 	config.Lockout.Logger = logger
+	config.Lockout.Channels = map[service.Channel]service.ChannelPolicy{
+		service.ChannelPassword: {AccountSource: config.Password},
+	}
 	lockout, err := service.NewLockout(pool, config.Lockout)
 	if err != nil {
 		return nil, fmt.Errorf("invalid lockout policy: %w", err)
@@ -68,6 +79,7 @@ func newServer(pool *pgxpool.Pool, config serverConfig, logger *slog.Logger) (*s
 	s := &server{
 		logger:      logger,
 		lockout:     lockout,
+		sources:     service.SourceResolver{TrustedProxies: config.TrustedProxies},
 		idempotency: idempotency,
 		accounts:    accounts,
 		orders:      &orderStore{pool: pool},
@@ -148,18 +160,6 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 		return nil, false
 	}
 	return body, true
-}
-
-// clientIP returns the address of the connection's peer without the port,
-// or an empty string when RemoteAddr is not host:port. The demo has no
-// trusted proxy in front of it, so it ignores X-Forwarded-For, which any
-// client can forge to escape its lockout counter.
-func clientIP(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return ""
-	}
-	return host
 }
 
 // routePath returns the path part of a ServeMux pattern such as

@@ -1,72 +1,157 @@
--- name: AuthAttemptBegin :one
--- Reserves one attempt for (email, ip), or returns why it cannot in
--- last_decision; see auth_attempt_begin in the migrations for the rules.
+-- name: AuthLoginBegin :one
+-- Reserves one login attempt against all three lockout counters, or
+-- returns why it cannot; see auth_login_begin in the migrations.
 SELECT
-    a.*,
-    coalesce(sqlc.narg('now')::timestamptz, now())::timestamptz AS db_now
-FROM auth_attempt_begin(
+    d.decision::text AS decision,
+    coalesce(d.tier, '')::text AS tier,
+    coalesce(d.attempt_id, 0)::bigint AS attempt_id,
+    -- A hard lock has no end: db_now stands in for its NULL locked_until.
+    coalesce(d.locked_until, d.db_now)::timestamptz AS locked_until,
+    d.db_now::timestamptz AS db_now
+FROM auth_login_begin(
     @email,
     sqlc.narg('ip'),
+    @channel,
     sqlc.narg('now'),
-    @max_failures,
-    @failure_window_ms,
     @attempt_timeout_ms,
-    @lock_base_ms,
-    @lock_max_ms
-) a;
+    @known_source_ms,
+    @hard_lock_after,
+    @pair_max,
+    @pair_window_ms,
+    @pair_lock_ms,
+    @pair_lock_max_ms,
+    @account_max,
+    @account_window_ms,
+    @account_lock_ms,
+    @account_lock_max_ms,
+    @source_max,
+    @source_window_ms,
+    @source_lock_ms,
+    @source_lock_max_ms
+) d;
 
--- name: AuthAttemptFail :one
--- Settles a reservation as a failure and locks at the threshold; see
--- auth_attempt_fail in the migrations. No row means the id does not exist.
+-- name: AuthLoginFail :one
+-- Settles an attempt as a wrong credential and engages the locks whose
+-- thresholds it reaches; see auth_login_fail in the migrations. A tier's
+-- locked_until equals db_now when that tier is not locked, and attempt_id
+-- is 0 when the attempt's counters are gone.
 SELECT
-    a.*,
-    coalesce(sqlc.narg('now')::timestamptz, now())::timestamptz AS db_now
-FROM auth_attempt_fail(
-    @id,
+    coalesce(f.attempt_id, 0)::bigint AS attempt_id,
+    coalesce(f.failures_count, 0)::integer AS failures_count,
+    coalesce(f.pair_locked_until, f.db_now, now())::timestamptz AS pair_locked_until,
+    coalesce(f.pair_lock_engaged, false)::boolean AS pair_lock_engaged,
+    coalesce(f.account_locked_until, f.db_now, now())::timestamptz AS account_locked_until,
+    coalesce(f.account_lock_engaged, false)::boolean AS account_lock_engaged,
+    coalesce(f.source_locked_until, f.db_now, now())::timestamptz AS source_locked_until,
+    coalesce(f.source_lock_engaged, false)::boolean AS source_lock_engaged,
+    coalesce(f.hard_lock_engaged, false)::boolean AS hard_lock_engaged,
+    coalesce(f.db_now, now())::timestamptz AS db_now
+FROM auth_login_fail(
+    @attempt_id,
     sqlc.narg('now'),
-    @max_failures,
-    @lock_base_ms,
-    @lock_max_ms
-) a;
+    @hard_lock_after,
+    @pair_max,
+    @pair_lock_ms,
+    @pair_lock_max_ms,
+    @account_max,
+    @account_lock_ms,
+    @account_lock_max_ms,
+    @source_max,
+    @source_lock_ms,
+    @source_lock_max_ms
+) f;
 
--- name: AuthAttemptSucceed :execrows
--- Settles a reservation as a success: the attempt is refunded and the
--- counter, the lock and the lock history of this (email, ip) are reset.
-UPDATE auth_attempts
-SET
-    failures_count = 0,
-    pending_count = greatest(pending_count - 1, 0),
-    lock_count = 0,
-    locked_until = NULL,
-    updated_at = coalesce(sqlc.narg('now')::timestamptz, now())
-WHERE id = @id;
-
--- name: AuthAttemptGet :one
-SELECT * FROM auth_attempts
-WHERE email = @email
-    -- Spelled out instead of IS NOT DISTINCT FROM, which cannot use the
-    -- (email, ip) index.
-    AND (ip = sqlc.narg('ip') OR (ip IS NULL AND sqlc.narg('ip') IS NULL));
+-- name: AuthLoginSettle :one
+-- Settles an attempt as a success (success), or gives it back without
+-- counting (neither flag); see auth_login_settle in the migrations.
+-- Returns false when the attempt's counters are gone.
+SELECT auth_login_settle(
+    @attempt_id,
+    sqlc.narg('now'),
+    @success,
+    @remember_source
+)::boolean AS settled;
 
 -- name: AuthAttemptListByEmail :many
+-- Lists the account-and-source counters of one account, every source and
+-- channel.
 SELECT * FROM auth_attempts
 WHERE email = @email
-ORDER BY id;
+ORDER BY channel, id;
 
--- name: AuthAttemptListLocked :many
--- Lists active locks by when they end, a page at a time: pass the last row's
--- locked_until and id as the cursor, or NULLs for the first page.
-SELECT * FROM auth_attempts
-WHERE locked_until > coalesce(sqlc.narg('now')::timestamptz, now())
-    AND (
-        sqlc.narg('after_locked_until')::timestamptz IS NULL
-        OR (locked_until, id) > (sqlc.narg('after_locked_until')::timestamptz, sqlc.narg('after_id')::bigint)
-    )
-ORDER BY locked_until, id
+-- name: AuthAccountCounterListByEmail :many
+-- Lists the account-wide counters of one account, one per channel.
+SELECT * FROM auth_account_counters
+WHERE email = @email
+ORDER BY channel;
+
+-- name: AuthSourceCounterListBySource :many
+-- Lists the source-wide counters of one source, one per channel. A NULL
+-- ip selects the bucket of unknown sources.
+SELECT * FROM auth_source_counters
+WHERE ip = sqlc.narg('ip') OR (ip IS NULL AND sqlc.narg('ip') IS NULL)
+ORDER BY channel;
+
+-- name: AuthKnownSourceGet :one
+SELECT * FROM auth_known_sources
+WHERE email = @email
+    AND ip = @ip;
+
+-- name: AuthLockList :many
+-- Lists active locks of every tier, a page at a time, ordered by tier and
+-- id: pass the last row's tier and id as the cursor, or empty and 0 for the
+-- first page. A hard lock has no end, so its row carries hard_locked and,
+-- in locked_until, the time the hard lock began.
+SELECT
+    l.tier::text AS tier,
+    l.id::bigint AS id,
+    l.email::text AS email,
+    l.ip,
+    l.channel::text AS channel,
+    l.locked_until::timestamptz AS locked_until,
+    l.hard_locked::boolean AS hard_locked
+FROM (
+    SELECT
+        'account' AS tier,
+        c.id,
+        c.email,
+        NULL::inet AS ip,
+        c.channel,
+        coalesce(c.hard_locked_at, c.locked_until) AS locked_until,
+        c.hard_locked_at IS NOT NULL AS hard_locked
+    FROM auth_account_counters c
+    WHERE c.hard_locked_at IS NOT NULL
+        OR c.locked_until > coalesce(sqlc.narg('now')::timestamptz, now())
+    UNION ALL
+    SELECT 'account_source', a.id, a.email, a.ip, a.channel, a.locked_until, false
+    FROM auth_attempts a
+    WHERE a.locked_until > coalesce(sqlc.narg('now')::timestamptz, now())
+    UNION ALL
+    SELECT 'source', s.id, '', s.ip, s.channel, s.locked_until, false
+    FROM auth_source_counters s
+    WHERE s.locked_until > coalesce(sqlc.narg('now')::timestamptz, now())
+) l
+WHERE (l.tier, l.id) > (@after_tier::text, @after_id::bigint)
+ORDER BY l.tier, l.id
 LIMIT @max_rows;
 
+-- name: AuthAccountUnlock :execrows
+-- Clears the account-wide counters of one account on every channel, the
+-- hard lock included.
+UPDATE auth_account_counters
+SET
+    failures_count = 0,
+    pending_count = 0,
+    lock_count = 0,
+    locked_until = NULL,
+    consecutive_failures = 0,
+    hard_locked_at = NULL,
+    updated_at = coalesce(sqlc.narg('now')::timestamptz, now())
+WHERE email = @email;
+
 -- name: AuthAttemptUnlockEmail :execrows
--- Clears counters and locks of every source for one email.
+-- Clears the account-and-source counters of one account, every source and
+-- channel.
 UPDATE auth_attempts
 SET
     failures_count = 0,
@@ -76,16 +161,67 @@ SET
     updated_at = coalesce(sqlc.narg('now')::timestamptz, now())
 WHERE email = @email;
 
+-- name: AuthSourceCounterUnlock :execrows
+-- Clears the source-wide counters of one source on every channel.
+UPDATE auth_source_counters
+SET
+    failures_count = 0,
+    pending_count = 0,
+    lock_count = 0,
+    locked_until = NULL,
+    updated_at = coalesce(sqlc.narg('now')::timestamptz, now())
+WHERE ip = sqlc.narg('ip') OR (ip IS NULL AND sqlc.narg('ip') IS NULL);
+
 -- name: AuthAttemptDeleteIdle :execrows
--- Deletes at most max_rows rows whose last attempt and lock both ended
--- before the cutoff. SKIP LOCKED lets several purgers run side by side and
--- never waits on a row a login is updating.
+-- Deletes at most max_rows account-and-source counters whose last attempt
+-- and lock both ended before the cutoff. SKIP LOCKED lets several purgers
+-- run side by side and never waits on a row a login is updating.
 DELETE FROM auth_attempts
 WHERE id IN (
     SELECT id FROM auth_attempts
     WHERE last_attempt_at < @idle_before::timestamptz
         AND (locked_until IS NULL OR locked_until < @idle_before::timestamptz)
     ORDER BY last_attempt_at
+    LIMIT @max_rows
+    FOR UPDATE SKIP LOCKED
+);
+
+-- name: AuthAccountCounterDeleteIdle :execrows
+-- Like AuthAttemptDeleteIdle for account-wide counters. A hard-locked
+-- account is never deleted, and neither is a streak toward the hard lock,
+-- because only a success or an explicit unlock may end those.
+DELETE FROM auth_account_counters
+WHERE id IN (
+    SELECT id FROM auth_account_counters
+    WHERE last_attempt_at < @idle_before::timestamptz
+        AND (locked_until IS NULL OR locked_until < @idle_before::timestamptz)
+        AND hard_locked_at IS NULL
+        AND consecutive_failures = 0
+    ORDER BY last_attempt_at
+    LIMIT @max_rows
+    FOR UPDATE SKIP LOCKED
+);
+
+-- name: AuthSourceCounterDeleteIdle :execrows
+-- Like AuthAttemptDeleteIdle for source-wide counters.
+DELETE FROM auth_source_counters
+WHERE id IN (
+    SELECT id FROM auth_source_counters
+    WHERE last_attempt_at < @idle_before::timestamptz
+        AND (locked_until IS NULL OR locked_until < @idle_before::timestamptz)
+    ORDER BY last_attempt_at
+    LIMIT @max_rows
+    FOR UPDATE SKIP LOCKED
+);
+
+-- name: AuthKnownSourceDeleteExpired :execrows
+-- Deletes at most max_rows known sources whose last success is older than
+-- the cutoff; they no longer count as known.
+DELETE FROM auth_known_sources
+WHERE (email, ip) IN (
+    SELECT k.email, k.ip FROM auth_known_sources k
+    WHERE k.last_success_at < @success_before::timestamptz
+    ORDER BY k.last_success_at
     LIMIT @max_rows
     FOR UPDATE SKIP LOCKED
 );
