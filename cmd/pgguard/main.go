@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/signal"
 	"sort"
+	"strings"
 	"syscall"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -43,15 +44,21 @@ type environment struct {
 	pool   *pgxpool.Pool
 }
 
-// errUsage marks an error caused by bad arguments; main exits with status 2.
-var errUsage = errors.New("usage error")
+// usageError is an error caused by bad arguments; main exits with status 2.
+type usageError struct{ message string }
+
+func (e *usageError) Error() string { return e.message }
+
+func usagef(format string, args ...any) error {
+	return &usageError{message: fmt.Sprintf(format, args...)}
+}
 
 func init() {
 	commands["migrate"] = command{
 		summary: "apply pending pgguard migrations to DATABASE_URL",
 		run: func(ctx context.Context, env *environment, args []string) error {
 			if len(args) > 0 {
-				return fmt.Errorf("%w: migrate takes no arguments, got %q", errUsage, args)
+				return usagef("migrate takes no arguments, got %q", args)
 			}
 			url, err := databaseURL()
 			if err != nil {
@@ -93,18 +100,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 
 	err := cmd.run(ctx, env, args[1:])
-	switch {
-	case err == nil:
+	if err == nil || errors.Is(err, flag.ErrHelp) {
 		return 0
-	case errors.Is(err, flag.ErrHelp):
-		return 0
-	case errors.Is(err, errUsage):
-		fmt.Fprintf(stderr, "pgguard: %v\n", err)
-		return 2
-	default:
-		fmt.Fprintf(stderr, "pgguard: %v\n", err)
-		return 1
 	}
+
+	// Errors from the library already start with "pgguard: ".
+	message := err.Error()
+	if !strings.HasPrefix(message, "pgguard: ") {
+		message = "pgguard: " + message
+	}
+	fmt.Fprintln(stderr, message)
+	if _, ok := errors.AsType[*usageError](err); ok {
+		return 2
+	}
+	return 1
 }
 
 func printUsage(w io.Writer) {
@@ -123,7 +132,7 @@ func printUsage(w io.Writer) {
 func databaseURL() (string, error) {
 	url := os.Getenv("DATABASE_URL")
 	if url == "" {
-		return "", fmt.Errorf("%w: DATABASE_URL is not set; set it to a postgres:// URL", errUsage)
+		return "", usagef("DATABASE_URL is not set; set it to a postgres:// URL")
 	}
 	return url, nil
 }
@@ -179,7 +188,7 @@ func runGroup(ctx context.Context, env *environment, group string, subs map[stri
 		fmt.Fprintf(w, "  pgguard %s %s\n", group, subs[name].usage)
 	}
 	if w == env.stderr || len(args) == 0 {
-		return fmt.Errorf("%w: pgguard %s needs an action", errUsage, group)
+		return usagef("pgguard %s needs an action", group)
 	}
 	return nil
 }
