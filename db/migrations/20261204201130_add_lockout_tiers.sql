@@ -304,7 +304,9 @@ BEGIN
     -- threshold here; engage those locks as a failure would.
     IF v_consecutive >= p_hard_lock_after AND a.hard_locked_at IS NULL THEN
         a.hard_locked_at := v_now;
-        v_tier := 'hard';
+        IF NOT v_known THEN
+            v_tier := 'hard';
+        END IF;
     END IF;
     IF a_norm.failures_count >= p_account_max THEN
         a.locked_until := v_now + auth_attempt_lock_duration(a_norm.lock_count, p_account_lock_ms, p_account_lock_max_ms);
