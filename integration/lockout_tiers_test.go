@@ -370,7 +370,7 @@ func TestLockoutTiers(t *testing.T) {
 	})
 }
 
-func TestLockoutClientSourceDecisions(t *testing.T) {
+func TestLockoutClockIndependence(t *testing.T) {
 	t.Parallel()
 
 	t.Run("InstancesAgree", func(t *testing.T) {
