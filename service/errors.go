@@ -3,7 +3,12 @@ package service
 import (
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Sentinel errors. Match them with errors.Is; the typed errors below carry
@@ -19,6 +24,11 @@ var (
 
 	// ErrInvalidConfig means a Config field is out of range.
 	ErrInvalidConfig = errors.New("pgguard: invalid configuration")
+
+	// ErrUnavailable means the database could not be reached or did not
+	// answer in time. The operation may be retried. A login refused this
+	// way is best answered with 503; see LockoutConfig.FailOpen.
+	ErrUnavailable = errors.New("pgguard: database unavailable")
 
 	// ErrAlreadySettled means Succeed or Fail was called a second time on
 	// the same attempt.
@@ -97,6 +107,42 @@ func (e *InputError) Error() string {
 
 // Is makes errors.Is(err, ErrInvalidInput) true.
 func (e *InputError) Is(target error) bool { return target == ErrInvalidInput }
+
+// unavailable wraps a database error in ErrUnavailable when it comes from
+// the connection rather than from the statement: the server cannot be
+// reached, is shutting down, has no free connection, or cancelled the
+// statement for a timeout. Other errors are returned as they are.
+func unavailable(action string, err error) error {
+	if isUnavailable(err) {
+		return fmt.Errorf("%w: failed to %s: %w", ErrUnavailable, action, err)
+	}
+	return fmt.Errorf("pgguard: failed to %s: %w", action, err)
+}
+
+func isUnavailable(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch {
+		case strings.HasPrefix(pgErr.Code, "08"), // connection exception
+			pgErr.Code == "57P01", // admin_shutdown
+			pgErr.Code == "57P02", // crash_shutdown
+			pgErr.Code == "57P03", // cannot_connect_now
+			pgErr.Code == "53300", // too_many_connections
+			pgErr.Code == "57014": // query_canceled, as by statement_timeout
+			return true
+		}
+		return false
+	}
+
+	var connectErr *pgconn.ConnectError
+	var netErr net.Error
+	return errors.As(err, &connectErr) ||
+		errors.As(err, &netErr) ||
+		errors.Is(err, io.EOF) ||
+		errors.Is(err, io.ErrUnexpectedEOF) ||
+		pgconn.Timeout(err) ||
+		pgconn.SafeToRetry(err)
+}
 
 func invalidInput(field, problem string) error {
 	return &InputError{Field: field, Problem: problem}

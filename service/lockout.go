@@ -2,6 +2,7 @@ package service
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -49,7 +50,15 @@ type Attempt struct {
 	email   string
 	source  *netip.Prefix
 	settled atomic.Bool
+	// unchecked marks an attempt admitted by FailOpen while the database was
+	// unavailable; settling it stores nothing.
+	unchecked bool
 }
+
+// Unchecked reports whether the attempt was admitted without a lockout
+// check because the database was unavailable and LockoutConfig.FailOpen is
+// set. Settling such an attempt stores nothing.
+func (a *Attempt) Unchecked() bool { return a.unchecked }
 
 // Email returns the normalized email the attempt is counted under.
 func (a *Attempt) Email() string { return a.email }
@@ -65,6 +74,10 @@ func (a *Attempt) Source() netip.Prefix { return prefixValue(a.source) }
 // the client address ip, counting it provisionally. An empty ip is the one
 // bucket of unknown sources; [SourceResolver] derives ip from a request.
 // Call Begin before verifying the credential.
+//
+// When the database is unavailable, Begin returns an error matching
+// [ErrUnavailable] (fail closed), or, with LockoutConfig.FailOpen, an
+// unchecked Attempt.
 //
 // While any lock applies to the account or the source, or while attempts in
 // flight fill a counter's remaining budget, Begin returns a *LockedError
@@ -108,6 +121,13 @@ func (l *Lockout) Begin(ctx context.Context, channel Channel, email, ip string) 
 	}
 	row, err := l.beginWaiting(ctx, params)
 	if err != nil {
+		if l.config.FailOpen && errors.Is(err, ErrUnavailable) && ctx.Err() == nil {
+			l.config.Logger.LogAttrs(ctx, slog.LevelError, "pgguard: lockout unavailable, admitting login unchecked",
+				slog.String("channel", string(channel)),
+				slog.String("error", err.Error()),
+			)
+			return &Attempt{lockout: l, channel: channel, email: normalized, source: source, unchecked: true}, nil
+		}
 		return nil, err
 	}
 
@@ -148,7 +168,7 @@ func (l *Lockout) beginWaiting(ctx context.Context, params dbgen.AuthLoginBeginP
 	for {
 		row, err := l.queries.AuthLoginBegin(ctx, params)
 		if err != nil {
-			return row, fmt.Errorf("pgguard: failed to begin login attempt: %w", err)
+			return row, unavailable("begin login attempt", err)
 		}
 		if row.Decision != "saturated" {
 			return row, nil
@@ -193,6 +213,9 @@ func (a *Attempt) Fail(ctx context.Context) (FailResult, error) {
 	if !a.settled.CompareAndSwap(false, true) {
 		return FailResult{}, ErrAlreadySettled
 	}
+	if a.unchecked {
+		return FailResult{}, nil
+	}
 	l := a.lockout
 	policy := l.config.Channels[a.channel]
 
@@ -211,7 +234,7 @@ func (a *Attempt) Fail(ctx context.Context) (FailResult, error) {
 		SourceLockMaxMs:  policy.Source.MaxLockDuration.Milliseconds(),
 	})
 	if err != nil {
-		return FailResult{}, fmt.Errorf("pgguard: failed to record login failure: %w", err)
+		return FailResult{}, unavailable("record login failure", err)
 	}
 	if row.AttemptID == 0 {
 		// An operator unlocked or purged the counters meanwhile.
@@ -271,6 +294,9 @@ func (a *Attempt) settle(ctx context.Context, success, rememberSource bool) erro
 	if !a.settled.CompareAndSwap(false, true) {
 		return ErrAlreadySettled
 	}
+	if a.unchecked {
+		return nil
+	}
 	l := a.lockout
 
 	_, err := l.queries.AuthLoginSettle(ctx, dbgen.AuthLoginSettleParams{
@@ -280,7 +306,7 @@ func (a *Attempt) settle(ctx context.Context, success, rememberSource bool) erro
 		RememberSource: rememberSource,
 	})
 	if err != nil {
-		return fmt.Errorf("pgguard: failed to settle login attempt: %w", err)
+		return unavailable("settle login attempt", err)
 	}
 	return nil
 }

@@ -139,6 +139,14 @@ type LockoutConfig struct {
 	// Defaults to 64. Must be between 1 and 128.
 	IPv6PrefixLen int
 
+	// FailOpen admits logins without a lockout check while the database is
+	// unavailable: Begin then returns an Attempt whose Unchecked method
+	// reports true and logs the error. By default (false) Begin fails
+	// closed with an error matching ErrUnavailable, and the login should
+	// be refused with 503. Failing open keeps users logging in during an
+	// outage at the price of unlimited guesses for its length.
+	FailOpen bool
+
 	// Now, when set, supplies the time of every decision instead of the
 	// database clock. Tests use it to move time without sleeping; leave it
 	// nil in production so every instance decides by one clock.
