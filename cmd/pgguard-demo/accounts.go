@@ -177,6 +177,12 @@ func (s *server) handleLogin(w http.ResponseWriter, r *http.Request) {
 	case errors.As(err, &invalid):
 		writeInvalidRequest(w, fmt.Sprintf("Invalid %s: %s.", invalid.Field, invalid.Problem))
 		return
+	case errors.Is(err, service.ErrUnavailable):
+		// The lockout fails closed: without its check no password is
+		// verified.
+		s.logger.ErrorContext(r.Context(), "lockout unavailable, login refused", "error", err)
+		writeLoginUnavailable(w)
+		return
 	case err != nil:
 		s.logger.ErrorContext(r.Context(), "failed to begin login attempt", "error", err)
 		writeInternalError(w)
@@ -210,6 +216,21 @@ func (s *server) handleLogin(w http.ResponseWriter, r *http.Request) {
 		Title:  "Login failed",
 		Status: http.StatusUnauthorized,
 		Detail: "The email or password is incorrect.",
+	})
+}
+
+// problemLoginUnavailable is the problem type of a login refused because
+// the lockout's database is unavailable.
+const problemLoginUnavailable = problemTypeBase + "login-unavailable"
+
+// writeLoginUnavailable sends 503, which tells clients to retry later.
+func writeLoginUnavailable(w http.ResponseWriter) {
+	w.Header().Set("Retry-After", "5")
+	writeProblem(w, problem{
+		Type:   problemLoginUnavailable,
+		Title:  "Login temporarily unavailable",
+		Status: http.StatusServiceUnavailable,
+		Detail: "Logins are paused because the server cannot check for password guessing right now. Retry after the number of seconds in the Retry-After header.",
 	})
 }
 
