@@ -18,23 +18,25 @@ WHERE id IN (
     WHERE last_attempt_at < $1::timestamptz
         AND (locked_until IS NULL OR locked_until < $1::timestamptz)
         AND hard_locked_at IS NULL
-        AND consecutive_failures = 0
+        AND (consecutive_failures = 0 OR last_failure_at < $2::timestamptz)
     ORDER BY last_attempt_at
-    LIMIT $2
+    LIMIT $3
     FOR UPDATE SKIP LOCKED
 )
 `
 
 type AuthAccountCounterDeleteIdleParams struct {
-	IdleBefore time.Time `json:"idle_before"`
-	MaxRows    int32     `json:"max_rows"`
+	IdleBefore   time.Time `json:"idle_before"`
+	StreakBefore time.Time `json:"streak_before"`
+	MaxRows      int32     `json:"max_rows"`
 }
 
 // Like AuthAttemptDeleteIdle for account-wide counters. A hard-locked
-// account is never deleted, and neither is a streak toward the hard lock,
-// because only a success or an explicit unlock may end those.
+// account is never deleted. A streak toward the hard lock is kept until its
+// last failure is older than streak_before, so forgetting it costs an
+// attacker that long a pause.
 func (q *Queries) AuthAccountCounterDeleteIdle(ctx context.Context, arg AuthAccountCounterDeleteIdleParams) (int64, error) {
-	result, err := q.db.Exec(ctx, authAccountCounterDeleteIdle, arg.IdleBefore, arg.MaxRows)
+	result, err := q.db.Exec(ctx, authAccountCounterDeleteIdle, arg.IdleBefore, arg.StreakBefore, arg.MaxRows)
 	if err != nil {
 		return 0, err
 	}
@@ -42,7 +44,7 @@ func (q *Queries) AuthAccountCounterDeleteIdle(ctx context.Context, arg AuthAcco
 }
 
 const authAccountCounterListByEmail = `-- name: AuthAccountCounterListByEmail :many
-SELECT id, email, channel, failures_count, pending_count, lock_count, locked_until, last_attempt_at, consecutive_failures, hard_locked_at, created_at, updated_at FROM auth_account_counters
+SELECT id, email, channel, failures_count, pending_count, lock_count, locked_until, last_attempt_at, last_failure_at, pending_since, consecutive_failures, hard_locked_at, created_at, updated_at FROM auth_account_counters
 WHERE email = $1
 ORDER BY channel
 `
@@ -66,6 +68,8 @@ func (q *Queries) AuthAccountCounterListByEmail(ctx context.Context, email strin
 			&i.LockCount,
 			&i.LockedUntil,
 			&i.LastAttemptAt,
+			&i.LastFailureAt,
+			&i.PendingSince,
 			&i.ConsecutiveFailures,
 			&i.HardLockedAt,
 			&i.CreatedAt,
@@ -138,7 +142,7 @@ func (q *Queries) AuthAttemptDeleteIdle(ctx context.Context, arg AuthAttemptDele
 }
 
 const authAttemptListByEmail = `-- name: AuthAttemptListByEmail :many
-SELECT id, email, ip, failures_count, pending_count, lock_count, locked_until, last_attempt_at, created_at, updated_at, channel FROM auth_attempts
+SELECT id, email, ip, failures_count, pending_count, lock_count, locked_until, last_attempt_at, created_at, updated_at, channel, last_failure_at, pending_since FROM auth_attempts
 WHERE email = $1
 ORDER BY channel, id
 `
@@ -166,6 +170,8 @@ func (q *Queries) AuthAttemptListByEmail(ctx context.Context, email string) ([]A
 			&i.CreatedAt,
 			&i.UpdatedAt,
 			&i.Channel,
+			&i.LastFailureAt,
+			&i.PendingSince,
 		); err != nil {
 			return nil, err
 		}
@@ -348,6 +354,7 @@ SELECT
     coalesce(d.attempt_id, 0)::bigint AS attempt_id,
     -- A hard lock has no end: db_now stands in for its NULL locked_until.
     coalesce(d.locked_until, d.db_now)::timestamptz AS locked_until,
+    coalesce(d.engaged, false)::boolean AS engaged,
     d.db_now::timestamptz AS db_now
 FROM auth_login_begin(
     $1,
@@ -399,6 +406,7 @@ type AuthLoginBeginRow struct {
 	Tier        string    `json:"tier"`
 	AttemptID   int64     `json:"attempt_id"`
 	LockedUntil time.Time `json:"locked_until"`
+	Engaged     bool      `json:"engaged"`
 	DbNow       time.Time `json:"db_now"`
 }
 
@@ -432,6 +440,7 @@ func (q *Queries) AuthLoginBegin(ctx context.Context, arg AuthLoginBeginParams) 
 		&i.Tier,
 		&i.AttemptID,
 		&i.LockedUntil,
+		&i.Engaged,
 		&i.DbNow,
 	)
 	return i, err
@@ -586,7 +595,7 @@ func (q *Queries) AuthSourceCounterDeleteIdle(ctx context.Context, arg AuthSourc
 }
 
 const authSourceCounterListBySource = `-- name: AuthSourceCounterListBySource :many
-SELECT id, ip, channel, failures_count, pending_count, lock_count, locked_until, last_attempt_at, created_at, updated_at FROM auth_source_counters
+SELECT id, ip, channel, failures_count, pending_count, lock_count, locked_until, last_attempt_at, last_failure_at, pending_since, created_at, updated_at FROM auth_source_counters
 WHERE ip = $1 OR (ip IS NULL AND $1 IS NULL)
 ORDER BY channel
 `
@@ -611,6 +620,8 @@ func (q *Queries) AuthSourceCounterListBySource(ctx context.Context, ip *netip.P
 			&i.LockCount,
 			&i.LockedUntil,
 			&i.LastAttemptAt,
+			&i.LastFailureAt,
+			&i.PendingSince,
 			&i.CreatedAt,
 			&i.UpdatedAt,
 		); err != nil {

@@ -20,6 +20,8 @@ type AuthAccountCounter struct {
 	LockCount           int32      `json:"lock_count"`
 	LockedUntil         *time.Time `json:"locked_until"`
 	LastAttemptAt       time.Time  `json:"last_attempt_at"`
+	LastFailureAt       *time.Time `json:"last_failure_at"`
+	PendingSince        *time.Time `json:"pending_since"`
 	ConsecutiveFailures int32      `json:"consecutive_failures"`
 	HardLockedAt        *time.Time `json:"hard_locked_at"`
 	CreatedAt           time.Time  `json:"created_at"`
@@ -38,6 +40,8 @@ type AuthAttempt struct {
 	CreatedAt     time.Time     `json:"created_at"`
 	UpdatedAt     time.Time     `json:"updated_at"`
 	Channel       string        `json:"channel"`
+	LastFailureAt *time.Time    `json:"last_failure_at"`
+	PendingSince  *time.Time    `json:"pending_since"`
 }
 
 type AuthKnownSource struct {
@@ -56,6 +60,8 @@ type AuthSourceCounter struct {
 	LockCount     int32         `json:"lock_count"`
 	LockedUntil   *time.Time    `json:"locked_until"`
 	LastAttemptAt time.Time     `json:"last_attempt_at"`
+	LastFailureAt *time.Time    `json:"last_failure_at"`
+	PendingSince  *time.Time    `json:"pending_since"`
 	CreatedAt     time.Time     `json:"created_at"`
 	UpdatedAt     time.Time     `json:"updated_at"`
 }

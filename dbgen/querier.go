@@ -12,8 +12,9 @@ import (
 
 type Querier interface {
 	// Like AuthAttemptDeleteIdle for account-wide counters. A hard-locked
-	// account is never deleted, and neither is a streak toward the hard lock,
-	// because only a success or an explicit unlock may end those.
+	// account is never deleted. A streak toward the hard lock is kept until its
+	// last failure is older than streak_before, so forgetting it costs an
+	// attacker that long a pause.
 	AuthAccountCounterDeleteIdle(ctx context.Context, arg AuthAccountCounterDeleteIdleParams) (int64, error)
 	// Lists the account-wide counters of one account, one per channel.
 	AuthAccountCounterListByEmail(ctx context.Context, email string) ([]AuthAccountCounter, error)

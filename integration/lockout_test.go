@@ -240,8 +240,10 @@ func TestLockout(t *testing.T) {
 
 	t.Run("UnsettledAttemptCountsAsFailure", func(t *testing.T) {
 		t.Parallel()
+		var events []service.LockoutEvent
 		config := passwordConfig(service.TierPolicy{MaxFailures: 2})
 		config.InFlightWait = -1
+		config.OnEvent = func(_ context.Context, event service.LockoutEvent) { events = append(events, event) }
 		b := setupLockout(t, config)
 
 		// Two callers crash after Begin: the budget is taken while they
@@ -263,6 +265,44 @@ func TestLockout(t *testing.T) {
 		account := b.counter(t, service.TierAccount, service.ChannelPassword, "frank@example.com", "")
 		require.Equal(t, 2, account.Failures)
 		require.Equal(t, 2, account.ConsecutiveFailures)
+		require.Len(t, events, 1)
+		require.Equal(t, service.EventLocked, events[0].Kind)
+		require.Equal(t, service.TierAccountSource, events[0].Tier)
+	})
+
+	t.Run("AbandonedAttemptCountedDespiteTraffic", func(t *testing.T) {
+		t.Parallel()
+		b := setupLockout(t, service.LockoutConfig{})
+
+		// One caller crashes after Begin; others keep logging in from the
+		// same source every 20 seconds.
+		_, err := b.lockout.Begin(b.ctx, service.ChannelPassword, "gina@example.com", "192.0.2.20")
+		require.NoError(t, err)
+		for range 3 {
+			b.clock.Advance(20 * time.Second)
+			b.succeed(t, "gina@example.com", "192.0.2.20")
+		}
+
+		account := b.counter(t, service.TierAccount, service.ChannelPassword, "gina@example.com", "")
+		require.Equal(t, 1, account.Failures)
+		require.Equal(t, 0, account.Pending)
+	})
+
+	t.Run("SuccessesDoNotKeepFailuresAlive", func(t *testing.T) {
+		t.Parallel()
+		b := setupLockout(t, service.LockoutConfig{})
+
+		b.succeed(t, "hank@example.com", "192.0.2.21")
+		for i := range 4 {
+			b.fail(t, "hank@example.com", fmt.Sprintf("198.51.100.%d", i))
+		}
+		for range 24 {
+			b.clock.Advance(time.Hour)
+			b.succeed(t, "hank@example.com", "192.0.2.21")
+		}
+
+		b.fail(t, "hank@example.com", "198.51.100.99")
+		require.Equal(t, 1, b.counter(t, service.TierAccount, service.ChannelPassword, "hank@example.com", "").Failures)
 	})
 
 	t.Run("NoIPIsOneBucket", func(t *testing.T) {
@@ -442,6 +482,17 @@ func TestLockout(t *testing.T) {
 		require.Equal(t, 1, b.rowCount(t, "auth_attempts"))
 		require.Equal(t, 7, b.rowCount(t, "auth_account_counters"))
 		require.Equal(t, 1, b.rowCount(t, "auth_known_sources"))
+
+		// After StreakRetention the streaks go too, and so does the known
+		// source after KnownSourceWindow; both default to 90 days.
+		b.clock.Advance(90 * 24 * time.Hour)
+		deleted, err = b.lockout.PurgeIdle(b.ctx, 24*time.Hour, 3)
+		require.NoError(t, err)
+		// Six streaks, the recent key's two other counters and the known
+		// source. The recent key's streak is exactly 90 days old and stays.
+		require.Equal(t, int64(9), deleted)
+		require.Equal(t, 1, b.rowCount(t, "auth_account_counters"))
+		require.Equal(t, 0, b.rowCount(t, "auth_known_sources"))
 	})
 }
 

@@ -305,6 +305,11 @@ func TestLockoutTiers(t *testing.T) {
 		known, err := b.lockout.IsKnownSource(b.ctx, "carol@example.com", "192.0.2.10")
 		require.NoError(t, err)
 		require.False(t, known)
+
+		// A completed login ends the streaks of every channel.
+		b.clock.Advance(time.Hour)
+		b.succeed(t, "carol@example.com", "192.0.2.10")
+		require.Equal(t, 0, b.counter(t, service.TierAccount, service.ChannelOneTimeCode, "carol@example.com", "").ConsecutiveFailures)
 	})
 
 	t.Run("CancelledAttemptNotCounted", func(t *testing.T) {

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"io"
+	"io/fs"
 	"net/url"
 	"sync"
 	"testing"
@@ -89,8 +90,10 @@ func TestMigrations(t *testing.T) {
 			require.NoError(t, err)
 		}
 
+		files, err := fs.Glob(pgguard.Migrations, pgguard.MigrationsDir+"/*.sql")
+		require.NoError(t, err)
 		var applied int
 		require.NoError(t, db.Pool.QueryRow(t.Context(), "SELECT count(*) FROM schema_migrations").Scan(&applied))
-		require.Equal(t, 1, applied)
+		require.Equal(t, len(files), applied)
 	})
 }

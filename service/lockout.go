@@ -137,6 +137,9 @@ func (l *Lockout) Begin(ctx context.Context, channel Channel, email, ip string) 
 
 	case "locked":
 		tier := Tier(row.Tier)
+		if row.Engaged {
+			l.emitEngaged(ctx, tier, channel, normalized, prefixValue(source), row.LockedUntil)
+		}
 		if tier == TierHard {
 			// A hard lock has no end; suggest the longest lock of the
 			// account tier as the wait.
@@ -264,8 +267,8 @@ func (a *Attempt) Fail(ctx context.Context) (FailResult, error) {
 // Succeed settles the attempt as a correct credential that completes the
 // login. The provisional count is given back everywhere; the counter of
 // this account from this source is reset, its lock included; the account's
-// streak toward the hard lock ends; and the source becomes known to the
-// account for KnownSourceWindow. The account-wide and source-wide counters
+// streaks toward the hard lock end on every channel; and the source becomes
+// known to the account for KnownSourceWindow. The account-wide and source-wide counters
 // are not reset, so a success cannot clear failures other sources caused
 // or failures this source caused against other accounts.
 //
@@ -276,8 +279,9 @@ func (a *Attempt) Succeed(ctx context.Context) error {
 }
 
 // SucceedFirstFactor settles the attempt as a correct credential that
-// does not complete the login yet: it does everything Succeed does except
-// remembering the source, which Succeed on the last factor's attempt does.
+// does not complete the login yet: like Succeed, but it ends only this
+// channel's streak and does not remember the source. Succeed on the last
+// factor's attempt does both.
 func (a *Attempt) SucceedFirstFactor(ctx context.Context) error {
 	return a.settle(ctx, true, false)
 }
@@ -309,6 +313,24 @@ func (a *Attempt) settle(ctx context.Context, success, rememberSource bool) erro
 		return unavailable("settle login attempt", err)
 	}
 	return nil
+}
+
+// emitEngaged reports a lock that Begin engaged because unsettled attempts
+// turned into failures.
+func (l *Lockout) emitEngaged(ctx context.Context, tier Tier, channel Channel, email string, source netip.Prefix, until time.Time) {
+	event := LockoutEvent{Kind: EventLocked, Tier: tier, Channel: channel, Email: email, Source: source, Until: until}
+	switch tier {
+	case TierAccount:
+		event.Source = netip.Prefix{}
+	case TierSource:
+		event.Kind = EventSourceThrottled
+		event.Email = ""
+	case TierHard:
+		event.Kind = EventHardLocked
+		event.Source = netip.Prefix{}
+		event.Until = time.Time{}
+	}
+	l.emit(ctx, event)
 }
 
 func (l *Lockout) emit(ctx context.Context, event LockoutEvent) {

@@ -176,7 +176,9 @@ func (l *Lockout) UnlockAccount(ctx context.Context, email string) (int64, error
 		return accounts, fmt.Errorf("pgguard: failed to unlock account: %w", err)
 	}
 
-	l.emit(ctx, LockoutEvent{Kind: EventUnlocked, Tier: TierAccount, Email: normalized})
+	if accounts+pairs > 0 {
+		l.emit(ctx, LockoutEvent{Kind: EventUnlocked, Tier: TierAccount, Email: normalized})
+	}
 	return accounts + pairs, nil
 }
 
@@ -194,7 +196,9 @@ func (l *Lockout) UnlockSource(ctx context.Context, ip string) (int64, error) {
 		return 0, fmt.Errorf("pgguard: failed to unlock source: %w", err)
 	}
 
-	l.emit(ctx, LockoutEvent{Kind: EventUnlocked, Tier: TierSource, Source: prefixValue(source)})
+	if cleared > 0 {
+		l.emit(ctx, LockoutEvent{Kind: EventUnlocked, Tier: TierSource, Source: prefixValue(source)})
+	}
 	return cleared, nil
 }
 
@@ -275,8 +279,9 @@ func parseLockCursor(cursor string) (string, int64, error) {
 // PurgeIdle deletes counters whose last attempt and last lock both ended
 // more than retention ago, and known sources older than KnownSourceWindow,
 // batchSize rows per statement so no statement holds many row locks, until
-// none is left. Hard locks and unfinished streaks toward one are kept. It
-// returns how many rows it deleted. A retention shorter than the longest
+// none is left. Hard locks are kept, and so are streaks toward one until
+// their last failure is StreakRetention old. It returns how many rows it
+// deleted. A retention shorter than the longest
 // FailureWindow of any channel would forget failures early, so it is
 // rejected.
 func (l *Lockout) PurgeIdle(ctx context.Context, retention time.Duration, batchSize int) (int64, error) {
@@ -296,7 +301,11 @@ func (l *Lockout) PurgeIdle(ctx context.Context, retention time.Duration, batchS
 	deletes := []func() (int64, error){
 		func() (int64, error) { return l.queries.AuthAttemptDeleteIdle(ctx, params) },
 		func() (int64, error) {
-			return l.queries.AuthAccountCounterDeleteIdle(ctx, dbgen.AuthAccountCounterDeleteIdleParams(params))
+			return l.queries.AuthAccountCounterDeleteIdle(ctx, dbgen.AuthAccountCounterDeleteIdleParams{
+				IdleBefore:   idleBefore,
+				StreakBefore: now.Add(-l.config.StreakRetention),
+				MaxRows:      int32(batchSize),
+			})
 		},
 		func() (int64, error) {
 			return l.queries.AuthSourceCounterDeleteIdle(ctx, dbgen.AuthSourceCounterDeleteIdleParams(params))

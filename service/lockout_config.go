@@ -74,7 +74,9 @@ type ChannelPolicy struct {
 	// reset it.
 	Source TierPolicy
 	// HardLockAfter is how many consecutive failures on one account, from
-	// any source, engage the hard lock. Any success ends the streak.
+	// any source, engage the hard lock. A completed login (Succeed) ends the
+	// streaks of all channels; SucceedFirstFactor ends only its own
+	// channel's, so knowing the password does not reset the code streak.
 	HardLockAfter int
 }
 
@@ -122,10 +124,20 @@ type LockoutConfig struct {
 	// the hard lock. Defaults to 90 days.
 	KnownSourceWindow time.Duration
 
-	// AttemptTimeout is how long an attempt may stay unsettled. Begin counts
-	// an older unsettled attempt as a failure, because its caller crashed or
-	// lost its connection between Begin and settling. Defaults to 1 minute.
+	// AttemptTimeout is how long an attempt may stay unsettled. Once the
+	// oldest unsettled attempt of a counter is this old, Begin counts the
+	// counter's unsettled attempts as failures, because their callers
+	// crashed or lost their connection between Begin and settling. Defaults
+	// to 1 minute.
 	AttemptTimeout time.Duration
+
+	// StreakRetention is how long PurgeIdle keeps an account's unfinished
+	// streak toward the hard lock after its last failure. Until then a
+	// streak is never forgotten; purging it afterwards keeps the table from
+	// growing with every address a credential-stuffing list tried, at the
+	// cost of an attacker who waits that long starting afresh. Defaults to
+	// 90 days.
+	StreakRetention time.Duration
 
 	// InFlightWait is how long Begin waits while attempts still in flight
 	// fill a counter's budget, asking the database again every few
@@ -183,6 +195,9 @@ func (c LockoutConfig) withDefaults() LockoutConfig {
 	if c.AttemptTimeout == 0 {
 		c.AttemptTimeout = time.Minute
 	}
+	if c.StreakRetention == 0 {
+		c.StreakRetention = 90 * 24 * time.Hour
+	}
 	if c.InFlightWait == 0 {
 		c.InFlightWait = 3 * time.Second
 	}
@@ -234,6 +249,8 @@ func (c LockoutConfig) validate() error {
 	switch {
 	case c.KnownSourceWindow < 0:
 		return invalidConfig("KnownSourceWindow", "is %s; use a positive duration", c.KnownSourceWindow)
+	case c.StreakRetention < 0:
+		return invalidConfig("StreakRetention", "is %s; use a positive duration", c.StreakRetention)
 	case c.AttemptTimeout < time.Millisecond:
 		return invalidConfig("AttemptTimeout", "is %s; use a positive duration of at least 1ms", c.AttemptTimeout)
 	case c.IPv6PrefixLen < 1 || c.IPv6PrefixLen > 128:

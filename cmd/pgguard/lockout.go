@@ -13,7 +13,7 @@ import (
 
 func init() {
 	commands["lockout"] = command{
-		summary: "inspect and clear login lockout counters (status, unlock, unlock-source, locks, purge)",
+		summary: "inspect and clear login lockout counters (status, source, unlock, unlock-source, locks, purge)",
 		run: func(ctx context.Context, env *environment, args []string) error {
 			return runGroup(ctx, env, "lockout", lockoutCommands, args)
 		},
@@ -199,7 +199,10 @@ func runLockoutLocks(ctx context.Context, env *environment, args []string) error
 func runLockoutPurge(ctx context.Context, env *environment, args []string) error {
 	flags := flag.NewFlagSet("purge", flag.ContinueOnError)
 	flags.SetOutput(env.stderr)
-	retention := flags.Duration("retention", 48*time.Hour, "delete counters idle for longer than this; at least the longest failure window (24h by default)")
+	// The command knows only the default policy, so it checks retention
+	// against the default windows; an application with longer windows must
+	// pass a retention at least as long as its own.
+	retention := flags.Duration("retention", 48*time.Hour, "delete counters idle for longer than this; use at least the application's longest failure window (24h by default)")
 	batch := flags.Int("batch", 1000, "rows deleted per statement")
 	if err := flags.Parse(args); err != nil {
 		return usagef("%v", err)

@@ -10,8 +10,13 @@
 -- auth_known_sources remembers the sources an account logged in from, which
 -- the account-wide lock spares.
 
+-- Every counter gains two times: last_failure_at, from which failures are
+-- forgotten (last_attempt_at also moves on admitted attempts that succeed),
+-- and pending_since, when the oldest unsettled reservation was made.
 ALTER TABLE auth_attempts
     ADD COLUMN channel text NOT NULL DEFAULT 'password',
+    ADD COLUMN last_failure_at timestamptz,
+    ADD COLUMN pending_since timestamptz,
     ADD CONSTRAINT auth_attempts_channel_check CHECK (channel ~ '^[a-z][a-z0-9_]{0,31}$'),
     DROP CONSTRAINT auth_attempts_email_ip_key,
     ADD CONSTRAINT auth_attempts_email_ip_channel_key UNIQUE NULLS NOT DISTINCT (email, ip, channel),
@@ -26,6 +31,8 @@ CREATE TABLE auth_account_counters (
     lock_count           integer NOT NULL DEFAULT 0,
     locked_until         timestamptz,
     last_attempt_at      timestamptz NOT NULL DEFAULT now(),
+    last_failure_at      timestamptz,
+    pending_since        timestamptz,
     -- Failures since the last success, never forgotten with time.
     consecutive_failures integer NOT NULL DEFAULT 0,
     -- Set when consecutive_failures reached the hard limit; only an
@@ -58,6 +65,8 @@ CREATE TABLE auth_source_counters (
     lock_count      integer NOT NULL DEFAULT 0,
     locked_until    timestamptz,
     last_attempt_at timestamptz NOT NULL DEFAULT now(),
+    last_failure_at timestamptz,
+    pending_since   timestamptz,
     created_at      timestamptz NOT NULL DEFAULT now(),
     updated_at      timestamptz NOT NULL DEFAULT now(),
 
@@ -96,6 +105,9 @@ CREATE TYPE auth_login_decision AS (
     attempt_id   bigint,
     -- For locked: when the lock ends; NULL for a hard lock.
     locked_until timestamptz,
+    -- For locked: this call engaged the lock, because attempts that were
+    -- never settled turned into failures.
+    engaged      boolean,
     db_now       timestamptz
 );
 
@@ -145,16 +157,22 @@ AS $$
     LIMIT 1
 $$;
 
--- A counter's failures and reservations as Begin sees them at p_now: all
--- zero once the last attempt and the end of the last lock are older than
--- the window, and with reservations older than the attempt timeout, which
--- were never settled because their caller crashed, counted as failures
--- (returned in abandoned).
+-- A counter as Begin sees it at p_now. Failures and lock history are
+-- forgotten once the last failure and the end of the last lock are both
+-- older than the window; counting from the lock's end keeps the doubling
+-- alive across locks longer than the window. Reservations still unsettled
+-- AttemptTimeout after the oldest of them was made are counted as failures
+-- (returned in abandoned), because their callers crashed.
+--
+-- NOTE: the age is that of the oldest unsettled reservation, so live
+-- reservations made alongside an abandoned one are counted with it; their
+-- later settle then changes nothing.
 CREATE FUNCTION auth_counter_normalize(
     INOUT failures_count integer,
     INOUT pending_count integer,
     INOUT lock_count integer,
-    last_attempt_at timestamptz,
+    INOUT last_failure_at timestamptz,
+    INOUT pending_since timestamptz,
     locked_until timestamptz,
     p_now timestamptz,
     p_window_ms bigint,
@@ -165,17 +183,18 @@ LANGUAGE plpgsql IMMUTABLE
 AS $$
 BEGIN
     abandoned := 0;
-    IF greatest(last_attempt_at, locked_until) <= p_now - p_window_ms * interval '1 millisecond' THEN
-        -- Counting from the end of the last lock keeps the doubling alive
-        -- across locks longer than the window.
+    IF coalesce(greatest(last_failure_at, locked_until), '-infinity')
+        <= p_now - p_window_ms * interval '1 millisecond' THEN
         failures_count := 0;
-        pending_count := 0;
         lock_count := 0;
-    ELSIF pending_count > 0
-        AND last_attempt_at <= p_now - p_attempt_timeout_ms * interval '1 millisecond' THEN
+    END IF;
+    IF pending_count > 0
+        AND pending_since <= p_now - p_attempt_timeout_ms * interval '1 millisecond' THEN
         abandoned := pending_count;
         failures_count := failures_count + pending_count;
         pending_count := 0;
+        pending_since := NULL;
+        last_failure_at := p_now;
     END IF;
 END
 $$;
@@ -237,7 +256,7 @@ BEGIN
 
     SELECT * INTO v_lock FROM auth_login_active_lock(p_email, p_ip, v_now, v_known);
     IF FOUND THEN
-        RETURN ROW('locked', v_lock.tier, NULL, nullif(v_lock.locked_until, 'infinity'), v_now)::auth_login_decision;
+        RETURN ROW('locked', v_lock.tier, NULL, nullif(v_lock.locked_until, 'infinity'), false, v_now)::auth_login_decision;
     END IF;
 
     -- Create missing rows, then lock all three in the fixed order. Each
@@ -289,15 +308,15 @@ BEGIN
     v_now := coalesce(p_now, clock_timestamp());
     SELECT * INTO v_lock FROM auth_login_active_lock(p_email, p_ip, v_now, v_known);
     IF FOUND THEN
-        RETURN ROW('locked', v_lock.tier, NULL, nullif(v_lock.locked_until, 'infinity'), v_now)::auth_login_decision;
+        RETURN ROW('locked', v_lock.tier, NULL, nullif(v_lock.locked_until, 'infinity'), false, v_now)::auth_login_decision;
     END IF;
 
-    a_norm := auth_counter_normalize(a.failures_count, a.pending_count, a.lock_count,
-        a.last_attempt_at, a.locked_until, v_now, p_account_window_ms, p_attempt_timeout_ms);
-    p_norm := auth_counter_normalize(p.failures_count, p.pending_count, p.lock_count,
-        p.last_attempt_at, p.locked_until, v_now, p_pair_window_ms, p_attempt_timeout_ms);
-    s_norm := auth_counter_normalize(s.failures_count, s.pending_count, s.lock_count,
-        s.last_attempt_at, s.locked_until, v_now, p_source_window_ms, p_attempt_timeout_ms);
+    a_norm := auth_counter_normalize(a.failures_count, a.pending_count, a.lock_count, a.last_failure_at,
+        a.pending_since, a.locked_until, v_now, p_account_window_ms, p_attempt_timeout_ms);
+    p_norm := auth_counter_normalize(p.failures_count, p.pending_count, p.lock_count, p.last_failure_at,
+        p.pending_since, p.locked_until, v_now, p_pair_window_ms, p_attempt_timeout_ms);
+    s_norm := auth_counter_normalize(s.failures_count, s.pending_count, s.lock_count, s.last_failure_at,
+        s.pending_since, s.locked_until, v_now, p_source_window_ms, p_attempt_timeout_ms);
     v_consecutive := a.consecutive_failures + a_norm.abandoned;
 
     -- Abandoned reservations that turned into failures can reach a
@@ -343,6 +362,9 @@ BEGIN
             a_norm.pending_count := a_norm.pending_count + 1;
             p_norm.pending_count := p_norm.pending_count + 1;
             s_norm.pending_count := s_norm.pending_count + 1;
+            a_norm.pending_since := coalesce(a_norm.pending_since, v_now);
+            p_norm.pending_since := coalesce(p_norm.pending_since, v_now);
+            s_norm.pending_since := coalesce(s_norm.pending_since, v_now);
             a.last_attempt_at := v_now;
             p.last_attempt_at := v_now;
             s.last_attempt_at := v_now;
@@ -351,14 +373,14 @@ BEGIN
 
     IF v_tier = 'saturated'
         AND (a_norm.failures_count, a_norm.pending_count, a_norm.lock_count, v_consecutive)
-            = (a.failures_count, a.pending_count, a.lock_count, a.consecutive_failures)
+            IS NOT DISTINCT FROM (a.failures_count, a.pending_count, a.lock_count, a.consecutive_failures)
         AND (p_norm.failures_count, p_norm.pending_count, p_norm.lock_count)
-            = (p.failures_count, p.pending_count, p.lock_count)
+            IS NOT DISTINCT FROM (p.failures_count, p.pending_count, p.lock_count)
         AND (s_norm.failures_count, s_norm.pending_count, s_norm.lock_count)
-            = (s.failures_count, s.pending_count, s.lock_count) THEN
+            IS NOT DISTINCT FROM (s.failures_count, s.pending_count, s.lock_count) THEN
         -- Nothing to store: callers that wait for attempts in flight can
         -- ask again without writing.
-        RETURN ROW('saturated', NULL, NULL, NULL, v_now)::auth_login_decision;
+        RETURN ROW('saturated', NULL, NULL, NULL, false, v_now)::auth_login_decision;
     END IF;
 
     UPDATE auth_account_counters SET
@@ -367,6 +389,8 @@ BEGIN
         lock_count = a_norm.lock_count,
         locked_until = a.locked_until,
         last_attempt_at = a.last_attempt_at,
+        last_failure_at = a_norm.last_failure_at,
+        pending_since = a_norm.pending_since,
         consecutive_failures = v_consecutive,
         hard_locked_at = a.hard_locked_at,
         updated_at = v_now
@@ -377,6 +401,8 @@ BEGIN
         lock_count = p_norm.lock_count,
         locked_until = p.locked_until,
         last_attempt_at = p.last_attempt_at,
+        last_failure_at = p_norm.last_failure_at,
+        pending_since = p_norm.pending_since,
         updated_at = v_now
     WHERE id = p.id;
     UPDATE auth_source_counters SET
@@ -385,22 +411,27 @@ BEGIN
         lock_count = s_norm.lock_count,
         locked_until = s.locked_until,
         last_attempt_at = s.last_attempt_at,
+        last_failure_at = s_norm.last_failure_at,
+        pending_since = s_norm.pending_since,
         updated_at = v_now
     WHERE id = s.id;
 
     IF v_tier IS NULL THEN
-        RETURN ROW('reserved', NULL, p.id, NULL, v_now)::auth_login_decision;
+        RETURN ROW('reserved', NULL, p.id, NULL, false, v_now)::auth_login_decision;
     ELSIF v_tier = 'saturated' THEN
-        RETURN ROW('saturated', NULL, NULL, NULL, v_now)::auth_login_decision;
+        RETURN ROW('saturated', NULL, NULL, NULL, false, v_now)::auth_login_decision;
     END IF;
-    RETURN ROW('locked', v_tier, NULL, v_until, v_now)::auth_login_decision;
+    RETURN ROW('locked', v_tier, NULL, v_until, true, v_now)::auth_login_decision;
 END
 $$;
 
 -- Locks the three counter rows of attempt p_attempt_id in the order
--- auth_login_begin uses and returns them; settles call it first.
+-- auth_login_begin uses and returns them; settles call it first. With
+-- p_all_accounts, the account-wide rows of every channel of the account
+-- are locked first, in channel order, for a settle that changes them all.
 CREATE FUNCTION auth_login_lock_rows(
     p_attempt_id bigint,
+    p_all_accounts boolean,
     OUT a auth_account_counters,
     OUT p auth_attempts,
     OUT s auth_source_counters
@@ -417,6 +448,9 @@ BEGIN
         RETURN;
     END IF;
 
+    IF p_all_accounts THEN
+        PERFORM 1 FROM auth_account_counters WHERE email = v_email ORDER BY channel FOR UPDATE;
+    END IF;
     SELECT * INTO a FROM auth_account_counters WHERE email = v_email AND channel = v_channel FOR UPDATE;
     SELECT * INTO p FROM auth_attempts WHERE id = p_attempt_id FOR UPDATE;
     IF v_ip IS NULL THEN
@@ -457,7 +491,7 @@ DECLARE
     s auth_source_counters;
     r auth_login_failure;
 BEGIN
-    rows := auth_login_lock_rows(p_attempt_id);
+    rows := auth_login_lock_rows(p_attempt_id, false);
     a := rows.a;
     p := rows.p;
     s := rows.s;
@@ -471,15 +505,27 @@ BEGIN
     IF a.pending_count > 0 THEN
         a.pending_count := a.pending_count - 1;
         a.failures_count := a.failures_count + 1;
+        a.last_failure_at := v_now;
+        IF a.pending_count = 0 THEN
+            a.pending_since := NULL;
+        END IF;
         a.consecutive_failures := a.consecutive_failures + 1;
     END IF;
     IF p.pending_count > 0 THEN
         p.pending_count := p.pending_count - 1;
         p.failures_count := p.failures_count + 1;
+        p.last_failure_at := v_now;
+        IF p.pending_count = 0 THEN
+            p.pending_since := NULL;
+        END IF;
     END IF;
     IF s.pending_count > 0 THEN
         s.pending_count := s.pending_count - 1;
         s.failures_count := s.failures_count + 1;
+        s.last_failure_at := v_now;
+        IF s.pending_count = 0 THEN
+            s.pending_since := NULL;
+        END IF;
     END IF;
 
     r.hard_lock_engaged := a.consecutive_failures >= p_hard_lock_after AND a.hard_locked_at IS NULL;
@@ -511,6 +557,8 @@ BEGIN
         lock_count = a.lock_count,
         locked_until = a.locked_until,
         last_attempt_at = v_now,
+        last_failure_at = a.last_failure_at,
+        pending_since = a.pending_since,
         consecutive_failures = a.consecutive_failures,
         hard_locked_at = a.hard_locked_at,
         updated_at = v_now
@@ -521,6 +569,8 @@ BEGIN
         lock_count = p.lock_count,
         locked_until = p.locked_until,
         last_attempt_at = v_now,
+        last_failure_at = p.last_failure_at,
+        pending_since = p.pending_since,
         updated_at = v_now
     WHERE id = p.id;
     UPDATE auth_source_counters SET
@@ -529,6 +579,8 @@ BEGIN
         lock_count = s.lock_count,
         locked_until = s.locked_until,
         last_attempt_at = v_now,
+        last_failure_at = s.last_failure_at,
+        pending_since = s.pending_since,
         updated_at = v_now
     WHERE id = s.id;
 
@@ -541,12 +593,13 @@ END
 $$;
 
 -- Settles attempt p_attempt_id as not a failure. The reservation is given
--- back on every counter. With p_success, the credential was right: the
--- account's streak toward the hard lock ends and the account-and-source
--- counter is reset (its lock included), but neither the account-wide nor
+-- back on every counter. With p_success, the credential was right: this
+-- channel's streak toward the hard lock ends and the account-and-source
+-- counter is reset, its lock included, but neither the account-wide nor
 -- the source counter is, so a success cannot clear what other sources did.
--- With p_remember_source, the source becomes known to the account. Returns
--- false when the attempt's rows are gone.
+-- With p_remember_source, the login is complete: the source becomes known
+-- to the account and the streaks of all its channels end. Returns false
+-- when the attempt's rows are gone.
 CREATE FUNCTION auth_login_settle(
     p_attempt_id bigint,
     p_now timestamptz,
@@ -560,7 +613,7 @@ DECLARE
     v_now timestamptz;
     rows record;
 BEGIN
-    rows := auth_login_lock_rows(p_attempt_id);
+    rows := auth_login_lock_rows(p_attempt_id, p_remember_source);
     IF (rows.a).id IS NULL OR (rows.p).id IS NULL OR (rows.s).id IS NULL THEN
         RETURN false;
     END IF;
@@ -568,32 +621,34 @@ BEGIN
 
     UPDATE auth_account_counters SET
         pending_count = greatest(pending_count - 1, 0),
+        pending_since = CASE WHEN pending_count > 1 THEN pending_since END,
         consecutive_failures = CASE WHEN p_success THEN 0 ELSE consecutive_failures END,
         updated_at = v_now
     WHERE id = (rows.a).id;
-    IF p_success THEN
-        UPDATE auth_attempts SET
-            failures_count = 0,
-            pending_count = greatest(pending_count - 1, 0),
-            lock_count = 0,
-            locked_until = NULL,
-            updated_at = v_now
-        WHERE id = p_attempt_id;
-    ELSE
-        UPDATE auth_attempts SET
-            pending_count = greatest(pending_count - 1, 0),
-            updated_at = v_now
-        WHERE id = p_attempt_id;
-    END IF;
+    UPDATE auth_attempts SET
+        failures_count = CASE WHEN p_success THEN 0 ELSE failures_count END,
+        pending_count = greatest(pending_count - 1, 0),
+        pending_since = CASE WHEN pending_count > 1 THEN pending_since END,
+        lock_count = CASE WHEN p_success THEN 0 ELSE lock_count END,
+        locked_until = CASE WHEN p_success THEN NULL ELSE locked_until END,
+        updated_at = v_now
+    WHERE id = p_attempt_id;
     UPDATE auth_source_counters SET
         pending_count = greatest(pending_count - 1, 0),
+        pending_since = CASE WHEN pending_count > 1 THEN pending_since END,
         updated_at = v_now
     WHERE id = (rows.s).id;
 
-    IF p_remember_source AND (rows.p).ip IS NOT NULL THEN
-        INSERT INTO auth_known_sources (email, ip, last_success_at, created_at)
-        VALUES ((rows.p).email, (rows.p).ip, v_now, v_now)
-        ON CONFLICT (email, ip) DO UPDATE SET last_success_at = excluded.last_success_at;
+    IF p_remember_source THEN
+        UPDATE auth_account_counters SET
+            consecutive_failures = 0,
+            updated_at = v_now
+        WHERE email = (rows.p).email AND channel <> (rows.p).channel AND consecutive_failures > 0;
+        IF (rows.p).ip IS NOT NULL THEN
+            INSERT INTO auth_known_sources (email, ip, last_success_at, created_at)
+            VALUES ((rows.p).email, (rows.p).ip, v_now, v_now)
+            ON CONFLICT (email, ip) DO UPDATE SET last_success_at = excluded.last_success_at;
+        END IF;
     END IF;
     RETURN true;
 END
@@ -618,6 +673,8 @@ DELETE FROM auth_attempts WHERE channel <> 'password';
 ALTER TABLE auth_attempts
     DROP CONSTRAINT auth_attempts_email_ip_channel_key,
     DROP COLUMN channel,
+    DROP COLUMN last_failure_at,
+    DROP COLUMN pending_since,
     ADD COLUMN last_decision text NOT NULL DEFAULT 'reserved',
     ADD CONSTRAINT auth_attempts_email_ip_key UNIQUE NULLS NOT DISTINCT (email, ip),
     ADD CONSTRAINT auth_attempts_last_decision_check CHECK (last_decision IN ('reserved', 'locked', 'saturated'));

@@ -7,6 +7,7 @@ SELECT
     coalesce(d.attempt_id, 0)::bigint AS attempt_id,
     -- A hard lock has no end: db_now stands in for its NULL locked_until.
     coalesce(d.locked_until, d.db_now)::timestamptz AS locked_until,
+    coalesce(d.engaged, false)::boolean AS engaged,
     d.db_now::timestamptz AS db_now
 FROM auth_login_begin(
     @email,
@@ -188,15 +189,16 @@ WHERE id IN (
 
 -- name: AuthAccountCounterDeleteIdle :execrows
 -- Like AuthAttemptDeleteIdle for account-wide counters. A hard-locked
--- account is never deleted, and neither is a streak toward the hard lock,
--- because only a success or an explicit unlock may end those.
+-- account is never deleted. A streak toward the hard lock is kept until its
+-- last failure is older than streak_before, so forgetting it costs an
+-- attacker that long a pause.
 DELETE FROM auth_account_counters
 WHERE id IN (
     SELECT id FROM auth_account_counters
     WHERE last_attempt_at < @idle_before::timestamptz
         AND (locked_until IS NULL OR locked_until < @idle_before::timestamptz)
         AND hard_locked_at IS NULL
-        AND consecutive_failures = 0
+        AND (consecutive_failures = 0 OR last_failure_at < @streak_before::timestamptz)
     ORDER BY last_attempt_at
     LIMIT @max_rows
     FOR UPDATE SKIP LOCKED
