@@ -177,6 +177,20 @@ func TestLockoutTiers(t *testing.T) {
 		b.succeed(t, "fresh@example.com", "203.0.113.50")
 	})
 
+	t.Run("SourceLockSparesKnownSource", func(t *testing.T) {
+		t.Parallel()
+		b := setupLockout(t, service.LockoutConfig{})
+
+		b.succeed(t, "owner@example.com", "203.0.113.60")
+		for i := range 30 {
+			b.fail(t, fmt.Sprintf("user%d@example.com", i), "203.0.113.60")
+		}
+
+		_, err := b.lockout.Begin(b.ctx, service.ChannelPassword, "stranger@example.com", "203.0.113.60")
+		requireLocked(t, err, service.TierSource, time.Minute)
+		b.succeed(t, "owner@example.com", "203.0.113.60")
+	})
+
 	t.Run("AccountLockSparesKnownSourceAndNeverExtends", func(t *testing.T) {
 		t.Parallel()
 		b := setupLockout(t, service.LockoutConfig{})

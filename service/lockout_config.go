@@ -71,7 +71,8 @@ type ChannelPolicy struct {
 	// not reset it, and its lock does not apply to known sources.
 	Account TierPolicy
 	// Source limits one source against all accounts. A success does not
-	// reset it.
+	// reset it, and its lock does not apply to a source known to the
+	// account being tried.
 	Source TierPolicy
 	// HardLockAfter is how many consecutive failures on one account, from
 	// any source, engage the hard lock. A completed login (Succeed) ends the
@@ -120,8 +121,9 @@ type LockoutConfig struct {
 	Channels map[Channel]ChannelPolicy
 
 	// KnownSourceWindow is how long after a successful login a source stays
-	// known to the account, which exempts it from the account-wide lock and
-	// the hard lock. Defaults to 90 days.
+	// known to the account, which exempts it, for that account, from the
+	// account-wide lock, the source-wide lock and the hard lock. Defaults to
+	// 90 days.
 	KnownSourceWindow time.Duration
 
 	// AttemptTimeout is how long an attempt may stay unsettled. Once the

@@ -127,8 +127,9 @@ CREATE TYPE auth_login_failure AS (
 
 -- The lock that rejects an attempt of (p_email, p_ip) on any channel right
 -- now, the one ending last first, or no row. A lock on any channel applies
--- to every channel. The account-wide lock and the hard lock spare a known
--- source, so an attacker elsewhere cannot lock the owner out.
+-- to every channel. The account-wide lock, the hard lock and the
+-- source-wide lock spare a known source, so neither an attacker elsewhere
+-- nor one behind the owner's shared address can lock the owner out.
 CREATE FUNCTION auth_login_active_lock(p_email text, p_ip inet, p_now timestamptz, p_known boolean)
 RETURNS TABLE (tier text, locked_until timestamptz)
 LANGUAGE sql STABLE
@@ -152,6 +153,7 @@ AS $$
         FROM auth_source_counters
         WHERE (ip = p_ip OR (ip IS NULL AND p_ip IS NULL))
             AND locked_until > p_now
+            AND NOT p_known
     ) l
     ORDER BY l.locked_until DESC
     LIMIT 1
@@ -347,16 +349,19 @@ BEGIN
         s.locked_until := v_now + auth_attempt_lock_duration(s_norm.lock_count, p_source_lock_ms, p_source_lock_max_ms);
         s_norm.lock_count := s_norm.lock_count + 1;
         s_norm.failures_count := 0;
-        v_tier := coalesce(v_tier, 'source');
-        v_until := greatest(v_until, s.locked_until);
+        IF NOT v_known THEN
+            v_tier := coalesce(v_tier, 'source');
+            v_until := greatest(v_until, s.locked_until);
+        END IF;
     END IF;
 
     IF v_tier IS NULL THEN
         -- Reserve unless attempts in flight already fill a budget. The
-        -- account-wide budget does not apply to a known source.
+        -- account-wide and source-wide budgets do not apply to a known
+        -- source.
         IF p_norm.failures_count + p_norm.pending_count >= p_pair_max
             OR (NOT v_known AND a_norm.failures_count + a_norm.pending_count >= p_account_max)
-            OR s_norm.failures_count + s_norm.pending_count >= p_source_max THEN
+            OR (NOT v_known AND s_norm.failures_count + s_norm.pending_count >= p_source_max) THEN
             v_tier := 'saturated';
         ELSE
             a_norm.pending_count := a_norm.pending_count + 1;
