@@ -247,6 +247,71 @@ func (q *Queries) IdempotencyRecordGet(ctx context.Context, arg IdempotencyRecor
 	return i, err
 }
 
+const idempotencyRecordMarkOutcomeUnknown = `-- name: IdempotencyRecordMarkOutcomeUnknown :execrows
+UPDATE idempotency_records
+SET
+    state = 'outcome_unknown',
+    lock_token = NULL,
+    lease_expires_at = NULL,
+    completed_at = coalesce($1::timestamptz, now())
+WHERE id = $2
+    AND state = 'in_progress'
+    AND lock_token = $3
+`
+
+type IdempotencyRecordMarkOutcomeUnknownParams struct {
+	Now       *time.Time    `json:"now"`
+	ID        int64         `json:"id"`
+	LockToken uuid.NullUUID `json:"lock_token"`
+}
+
+// Settles the record without a response, for a handler that failed after it
+// may have changed something: retries get "outcome unknown" and never run
+// again. Like Complete it only touches a record the caller still owns.
+func (q *Queries) IdempotencyRecordMarkOutcomeUnknown(ctx context.Context, arg IdempotencyRecordMarkOutcomeUnknownParams) (int64, error) {
+	result, err := q.db.Exec(ctx, idempotencyRecordMarkOutcomeUnknown, arg.Now, arg.ID, arg.LockToken)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
+const idempotencyRecordMarkResultUnavailable = `-- name: IdempotencyRecordMarkResultUnavailable :execrows
+UPDATE idempotency_records
+SET
+    state = 'result_unavailable',
+    lock_token = NULL,
+    lease_expires_at = NULL,
+    response_status = $1,
+    completed_at = coalesce($2::timestamptz, now())
+WHERE id = $3
+    AND state = 'in_progress'
+    AND lock_token = $4
+`
+
+type IdempotencyRecordMarkResultUnavailableParams struct {
+	ResponseStatus *int32        `json:"response_status"`
+	Now            *time.Time    `json:"now"`
+	ID             int64         `json:"id"`
+	LockToken      uuid.NullUUID `json:"lock_token"`
+}
+
+// Settles the record without a response, for a handler that finished with a
+// response too large to store: retries get "result unavailable" and never
+// run again. Like Complete it only touches a record the caller still owns.
+func (q *Queries) IdempotencyRecordMarkResultUnavailable(ctx context.Context, arg IdempotencyRecordMarkResultUnavailableParams) (int64, error) {
+	result, err := q.db.Exec(ctx, idempotencyRecordMarkResultUnavailable,
+		arg.ResponseStatus,
+		arg.Now,
+		arg.ID,
+		arg.LockToken,
+	)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
 const idempotencyRecordRelease = `-- name: IdempotencyRecordRelease :execrows
 DELETE FROM idempotency_records
 WHERE id = $1

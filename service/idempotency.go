@@ -3,13 +3,13 @@ package service
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -17,6 +17,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgguard/pgguard/dbgen"
 )
@@ -24,20 +25,25 @@ import (
 // MaxKeyLength is the longest idempotency key accepted, in characters.
 const MaxKeyLength = 255
 
-// fingerprintVersion prefixes every stored request hash, so a later change
-// of the fingerprint can tell old hashes from new ones.
-const fingerprintVersion = "v1"
-
 // DefaultReplayHeaders are the response headers stored and replayed when
 // IdempotencyConfig.ReplayHeaders is nil. Set-Cookie is never stored.
 var DefaultReplayHeaders = []string{"Content-Type", "Location", "ETag", "Content-Language"}
+
+// Values of idempotency_records.state.
+const (
+	stateInProgress        = "in_progress"
+	stateCompleted         = "completed"
+	stateResultUnavailable = "result_unavailable"
+	stateOutcomeUnknown    = "outcome_unknown"
+)
 
 // IdempotencyConfig is the policy of an [Idempotency]. A zero field takes
 // its default.
 type IdempotencyConfig struct {
 	// LeaseDuration is how long a claim holds a key before another request
-	// may take it over (see Request.AllowTakeover). Defaults to 60 seconds.
-	// A negative value is a configuration error.
+	// may take it over (see Request.AllowTakeover), unless Request.Lease
+	// sets another length. Defaults to 60 seconds. A negative value is a
+	// configuration error.
 	LeaseDuration time.Duration
 
 	// RecordTTL is how long a record is kept and replayed after it was
@@ -49,12 +55,20 @@ type IdempotencyConfig struct {
 	// when listed, because a replayed session cookie would leak a session.
 	ReplayHeaders []string
 
+	// MaxResponseBytes is the largest response body stored for replay, in
+	// bytes. A completed request with a larger body is recorded as "result
+	// unavailable" instead: it is never run again for its key, and retries
+	// get [ErrResultUnavailable] rather than a truncated body. Defaults to
+	// 1 MiB. A negative value is a configuration error.
+	MaxResponseBytes int
+
 	// Now, when set, supplies the time of every decision instead of the
 	// database clock. Tests use it to move time without sleeping; leave it
 	// nil in production.
 	Now func() time.Time
 
-	// Logger receives lost claims and errors. Defaults to discarding them.
+	// Logger receives lost claims, responses too large to store and errors.
+	// Defaults to discarding them.
 	Logger *slog.Logger
 }
 
@@ -68,6 +82,9 @@ func (c IdempotencyConfig) withDefaults() IdempotencyConfig {
 	if c.ReplayHeaders == nil {
 		c.ReplayHeaders = DefaultReplayHeaders
 	}
+	if c.MaxResponseBytes == 0 {
+		c.MaxResponseBytes = 1 << 20
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -80,6 +97,8 @@ func (c IdempotencyConfig) validate() error {
 		return invalidConfig("LeaseDuration", "is %s; use a positive duration of at least 1ms", c.LeaseDuration)
 	case c.RecordTTL < c.LeaseDuration:
 		return invalidConfig("RecordTTL", "is %s, shorter than LeaseDuration %s", c.RecordTTL, c.LeaseDuration)
+	case c.MaxResponseBytes < 0:
+		return invalidConfig("MaxResponseBytes", "is %d; use a positive number of bytes, or 0 for the default of 1 MiB", c.MaxResponseBytes)
 	}
 	for _, name := range c.ReplayHeaders {
 		if name == "" || strings.ContainsFunc(name, func(r rune) bool { return r <= ' ' || r == ':' || r >= unicode.MaxASCII }) {
@@ -90,19 +109,30 @@ func (c IdempotencyConfig) validate() error {
 }
 
 // Idempotency stores one response per idempotency key, so a retried request
-// gets the first response back instead of running twice. Use it in two
-// steps: [Idempotency.Begin] before the handler runs, then [Claim.Complete]
-// with the response, or [Claim.Release] if the handler failed before it
-// changed anything.
+// gets the first response back instead of running twice. Use it in one of
+// two ways:
+//
+//   - Lease mode: [Idempotency.Begin] before the handler runs, then settle
+//     the [Claim] with Complete, Release, MarkResultUnavailable or
+//     MarkOutcomeUnknown. Works for any side effect.
+//   - Atomic mode: [Idempotency.Do] runs the handler in the transaction
+//     that claims the key and stores the response. Only for work that
+//     lives in the same database.
+//
+// An Idempotency is safe for concurrent use.
 type Idempotency struct {
-	queries       *dbgen.Queries
+	queries *dbgen.Queries
+	// beginner is db when db can begin transactions, else nil, and then
+	// Do returns an error.
+	beginner      TxBeginner
 	config        IdempotencyConfig
 	replayHeaders map[string]bool
 }
 
 // NewIdempotency returns an Idempotency that stores its records through db,
-// usually a *pgxpool.Pool. It returns an error wrapping [ErrInvalidConfig]
-// when a config field is out of range.
+// usually a *pgxpool.Pool. [Idempotency.Do] works only when db also
+// implements [TxBeginner], as *pgxpool.Pool does. It returns an error
+// wrapping [ErrInvalidConfig] when a config field is out of range.
 func NewIdempotency(db dbgen.DBTX, config IdempotencyConfig) (*Idempotency, error) {
 	config = config.withDefaults()
 	if err := config.validate(); err != nil {
@@ -115,7 +145,20 @@ func NewIdempotency(db dbgen.DBTX, config IdempotencyConfig) (*Idempotency, erro
 	}
 	delete(replayHeaders, "Set-Cookie")
 
-	return &Idempotency{queries: dbgen.New(db), config: config, replayHeaders: replayHeaders}, nil
+	beginner, _ := db.(TxBeginner)
+	return &Idempotency{
+		queries:       dbgen.New(db),
+		beginner:      beginner,
+		config:        config,
+		replayHeaders: replayHeaders,
+	}, nil
+}
+
+// Config returns the configuration of s, with the defaults filled in.
+func (s *Idempotency) Config() IdempotencyConfig {
+	config := s.config
+	config.ReplayHeaders = slices.Clone(config.ReplayHeaders)
+	return config
 }
 
 // Request identifies one idempotent request.
@@ -128,6 +171,11 @@ type Request struct {
 	// Route is the route template, for example "/orders" or
 	// "/tickets/{id}", not the raw path.
 	Route string
+	// PathValues are the values of the route's wildcards, for example
+	// {"id": "1"} for "/tickets/{id}". Requests that differ in a path value
+	// never share a record, so the same key on /tickets/1 and /tickets/2
+	// names two requests.
+	PathValues map[string]string
 	// Body is the exact request body the handler will read.
 	Body []byte
 
@@ -143,6 +191,11 @@ type Request struct {
 	// over. Without it, such a request gets [ErrOutcomeUnknown] until the
 	// record expires.
 	AllowTakeover bool
+
+	// Lease is the lease of this request's claim. Zero means
+	// IdempotencyConfig.LeaseDuration. A negative lease, or one longer than
+	// RecordTTL, is invalid input.
+	Lease time.Duration
 }
 
 // StoredResponse is a response stored under a key and replayed for retries.
@@ -153,7 +206,8 @@ type StoredResponse struct {
 }
 
 // Claim is the right to run the handler for a key, held until its lease
-// ends. Settle it with exactly one of Complete or Release.
+// ends. Settle it with exactly one of Complete, Release,
+// MarkResultUnavailable or MarkOutcomeUnknown.
 type Claim struct {
 	idempotency *Idempotency
 	id          int64
@@ -163,120 +217,90 @@ type Claim struct {
 	settled        atomic.Bool
 }
 
-// Begin claims req's key before the handler runs. It returns exactly one of:
-//   - a *Claim: run the handler, then Complete or Release the claim;
-//   - a *StoredResponse: the key was completed before, send it back as is;
-//   - an error: [ErrKeyReused] when the key was used for a different
-//     request, an *InFlightError ([ErrInFlight]) while the first request
-//     runs, [ErrOutcomeUnknown] when it lost its lease, an *InputError
-//     ([ErrInvalidInput]) for a bad key, method, route or scope, or a
-//     database error.
+// Begin claims req's key before the handler runs. It returns exactly one of
+// a *Claim (run the handler, then settle the claim), a *StoredResponse (the
+// key was completed before, so send that response back as is) or an error:
+//   - [ErrKeyReused] when the key was used for a different request;
+//   - an *InFlightError ([ErrInFlight]) while the first request runs;
+//   - [ErrOutcomeUnknown] when the first request lost its lease, or failed
+//     after a possible side effect;
+//   - [ErrResultUnavailable] when its response was too large to store;
+//   - an *InputError ([ErrInvalidInput]) for a bad key, method, route,
+//     scope or lease;
+//   - a database error.
 //
 // A record whose RecordTTL has passed is replaced by a new claim.
 func (s *Idempotency) Begin(ctx context.Context, req Request) (*Claim, *StoredResponse, error) {
-	scope, err := requestScope(req)
+	params, err := s.claimParams(req)
 	if err != nil {
 		return nil, nil, err
-	}
-	route, err := requestRoute(req)
-	if err != nil {
-		return nil, nil, err
-	}
-	if err := ValidateKey(req.Key); err != nil {
-		return nil, nil, err
-	}
-
-	token, err := uuid.NewRandom()
-	if err != nil {
-		return nil, nil, fmt.Errorf("pgguard: failed to generate a lock token: %w", err)
-	}
-	params := dbgen.IdempotencyRecordClaimParams{
-		Now:           s.now(),
-		Scope:         scope.key,
-		Route:         route,
-		Key:           req.Key,
-		RequestHash:   Fingerprint(req.Method, req.Route, req.Body),
-		LockToken:     token,
-		LeaseMs:       s.config.LeaseDuration.Milliseconds(),
-		TtlMs:         s.config.RecordTTL.Milliseconds(),
-		AllowTakeover: req.AllowTakeover,
-		Ip:            scope.ip,
-	}
-	if req.OrganizationID != "" {
-		params.OrganizationID = &req.OrganizationID
 	}
 
 	row, err := s.queries.IdempotencyRecordClaim(ctx, params)
 	if err != nil {
-		return nil, nil, fmt.Errorf("pgguard: failed to claim idempotency key: %w", err)
+		return nil, nil, claimError(err)
 	}
 
-	if row.LockToken.Valid && row.LockToken.UUID == token {
-		return &Claim{idempotency: s, id: row.ID, lockToken: token, LeaseExpiresAt: *row.LeaseExpiresAt}, nil, nil
+	if ownsRecord(row, params) {
+		return &Claim{idempotency: s, id: row.ID, lockToken: params.LockToken, LeaseExpiresAt: *row.LeaseExpiresAt}, nil, nil
 	}
-	if row.RequestHash != params.RequestHash {
-		return nil, nil, ErrKeyReused
-	}
-	if row.State == "completed" {
-		stored, err := storedResponse(row)
-		if err != nil {
-			return nil, nil, err
-		}
-		return nil, stored, nil
-	}
-	if row.LeaseExpiresAt != nil && row.LeaseExpiresAt.After(row.DbNow) {
-		return nil, nil, &InFlightError{RetryAfter: retryAfter(row.LeaseExpiresAt.Sub(row.DbNow))}
-	}
-	return nil, nil, ErrOutcomeUnknown
+	stored, err := s.existingRecord(row, req)
+	return nil, stored, err
 }
 
 // Complete stores the handler's response for replay and ends the claim.
-// Only headers listed in ReplayHeaders are stored. It returns [ErrLeaseLost]
-// when the lease ran out and another request took the key over: that
-// request's result stands and this one is not stored.
+// Only headers listed in ReplayHeaders are stored. A body longer than
+// MaxResponseBytes is not stored: the record is marked as in
+// [Claim.MarkResultUnavailable] and Complete returns nil. It returns
+// [ErrLeaseLost] when the lease ran out and another request took the key
+// over: that request's result is kept and this one is not stored.
 func (c *Claim) Complete(ctx context.Context, response StoredResponse) error {
-	if response.Status < 100 || response.Status > 599 {
-		return invalidInput("response status", fmt.Sprintf("%d is outside 100..599", response.Status))
+	if err := validateStatus(response.Status); err != nil {
+		return err
 	}
+	if !c.settled.CompareAndSwap(false, true) {
+		return ErrClaimSettled
+	}
+	return c.idempotency.complete(ctx, c.idempotency.queries, c.id, c.lockToken, response)
+}
+
+// MarkResultUnavailable ends the claim of a handler that finished with a
+// response it could not store, for example one longer than
+// MaxResponseBytes that was sent without buffering it. The key is never
+// run again: retries get [ErrResultUnavailable] until the record expires.
+// status is the response status, kept for inspection. It returns
+// [ErrLeaseLost] like Complete.
+func (c *Claim) MarkResultUnavailable(ctx context.Context, status int) error {
+	if err := validateStatus(status); err != nil {
+		return err
+	}
+	if !c.settled.CompareAndSwap(false, true) {
+		return ErrClaimSettled
+	}
+	return c.idempotency.markResultUnavailable(ctx, c.idempotency.queries, c.id, c.lockToken, status)
+}
+
+// MarkOutcomeUnknown ends the claim of a handler that failed after it may
+// have changed something, for example by panicking. The key is never run
+// again: retries get [ErrOutcomeUnknown] until the record expires, so a
+// person or a reconciliation job has to find out what happened. It returns
+// [ErrLeaseLost] like Complete.
+func (c *Claim) MarkOutcomeUnknown(ctx context.Context) error {
 	if !c.settled.CompareAndSwap(false, true) {
 		return ErrClaimSettled
 	}
 	s := c.idempotency
 
-	header := http.Header{}
-	for name, values := range response.Header {
-		if s.replayHeaders[http.CanonicalHeaderKey(name)] {
-			header[http.CanonicalHeaderKey(name)] = values
-		}
-	}
-	headerJSON, err := json.Marshal(header)
+	updated, err := s.queries.IdempotencyRecordMarkOutcomeUnknown(ctx, dbgen.IdempotencyRecordMarkOutcomeUnknownParams{
+		Now:       s.now(),
+		ID:        c.id,
+		LockToken: uuid.NullUUID{UUID: c.lockToken, Valid: true},
+	})
 	if err != nil {
-		return fmt.Errorf("pgguard: failed to encode response headers: %w", err)
-	}
-
-	params := dbgen.IdempotencyRecordCompleteParams{
-		Now:             s.now(),
-		ID:              c.id,
-		LockToken:       uuid.NullUUID{UUID: c.lockToken, Valid: true},
-		ResponseStatus:  ptr(int32(response.Status)),
-		ResponseHeaders: headerJSON,
-	}
-	// Text keeps the common case readable in SQL; bytes that Postgres text
-	// cannot hold (invalid UTF-8, NUL) go to the bytea column unchanged.
-	if utf8.Valid(response.Body) && bytes.IndexByte(response.Body, 0) < 0 {
-		params.ResponseBodyJson = ptr(string(response.Body))
-	} else {
-		params.ResponseBody = response.Body
-	}
-
-	updated, err := s.queries.IdempotencyRecordComplete(ctx, params)
-	if err != nil {
-		return fmt.Errorf("pgguard: failed to store idempotent response: %w", err)
+		return fmt.Errorf("pgguard: failed to mark the idempotency record's outcome unknown: %w", err)
 	}
 	if updated == 0 {
-		s.config.Logger.LogAttrs(ctx, slog.LevelWarn, "pgguard: idempotency claim lost before completion",
-			slog.Int64("idempotency_record_id", c.id))
-		return ErrLeaseLost
+		return s.lostClaim(ctx, c.id)
 	}
 	return nil
 }
@@ -304,7 +328,10 @@ func (c *Claim) Release(ctx context.Context) error {
 }
 
 // PurgeExpired deletes records past their RecordTTL, batchSize rows per
-// statement, until none is left, and returns how many it deleted.
+// statement, until none is left, and returns how many it deleted. Each
+// batch skips rows that another transaction has locked, so purges never
+// wait for requests or for each other. [IdempotencyCleaner] runs it
+// periodically.
 func (s *Idempotency) PurgeExpired(ctx context.Context, batchSize int) (int64, error) {
 	if batchSize < 1 {
 		return 0, invalidInput("batch size", fmt.Sprintf("%d; use a positive number of rows, for example 1000", batchSize))
@@ -314,7 +341,7 @@ func (s *Idempotency) PurgeExpired(ctx context.Context, batchSize int) (int64, e
 	for {
 		deleted, err := s.queries.IdempotencyRecordDeleteExpired(ctx, dbgen.IdempotencyRecordDeleteExpiredParams{
 			Now:     s.now(),
-			MaxRows: int32(batchSize),
+			MaxRows: int32(min(batchSize, 1<<31-1)),
 		})
 		total += deleted
 		if err != nil {
@@ -324,20 +351,6 @@ func (s *Idempotency) PurgeExpired(ctx context.Context, batchSize int) (int64, e
 			return total, nil
 		}
 	}
-}
-
-// Fingerprint returns the versioned SHA-256 fingerprint of a request:
-// "v1:" and the hex digest of the method, the route template and the exact
-// body bytes. Method and route cannot contain NUL, so NUL separators keep
-// the fields apart.
-func Fingerprint(method, route string, body []byte) string {
-	hash := sha256.New()
-	hash.Write([]byte(method))
-	hash.Write([]byte{0})
-	hash.Write([]byte(route))
-	hash.Write([]byte{0})
-	hash.Write(body)
-	return fingerprintVersion + ":" + hex.EncodeToString(hash.Sum(nil))
 }
 
 // ValidateKey checks an idempotency key: 1 to [MaxKeyLength] characters of
@@ -352,6 +365,188 @@ func ValidateKey(key string) error {
 		return invalidInput("idempotency key", "not valid UTF-8")
 	case strings.IndexFunc(key, unicode.IsControl) >= 0:
 		return invalidInput("idempotency key", "contains a control character")
+	}
+	return nil
+}
+
+// claimParams validates req and returns the arguments of the claim query,
+// with a new lock token.
+func (s *Idempotency) claimParams(req Request) (dbgen.IdempotencyRecordClaimParams, error) {
+	scope, err := requestScope(req)
+	if err != nil {
+		return dbgen.IdempotencyRecordClaimParams{}, err
+	}
+	route, err := recordRoute(req)
+	if err != nil {
+		return dbgen.IdempotencyRecordClaimParams{}, err
+	}
+	if err := ValidateKey(req.Key); err != nil {
+		return dbgen.IdempotencyRecordClaimParams{}, err
+	}
+	lease, err := s.requestLease(req)
+	if err != nil {
+		return dbgen.IdempotencyRecordClaimParams{}, err
+	}
+
+	token, err := uuid.NewRandom()
+	if err != nil {
+		return dbgen.IdempotencyRecordClaimParams{}, fmt.Errorf("pgguard: failed to generate a lock token: %w", err)
+	}
+	params := dbgen.IdempotencyRecordClaimParams{
+		Now:           s.now(),
+		Scope:         scope.key,
+		Route:         route,
+		Key:           req.Key,
+		RequestHash:   req.Fingerprint(),
+		LockToken:     token,
+		LeaseMs:       lease.Milliseconds(),
+		TtlMs:         s.config.RecordTTL.Milliseconds(),
+		AllowTakeover: req.AllowTakeover,
+		Ip:            scope.ip,
+	}
+	if req.OrganizationID != "" {
+		params.OrganizationID = &req.OrganizationID
+	}
+	return params, nil
+}
+
+func (s *Idempotency) requestLease(req Request) (time.Duration, error) {
+	switch {
+	case req.Lease == 0:
+		return s.config.LeaseDuration, nil
+	case req.Lease < time.Millisecond:
+		return 0, invalidInput("lease", fmt.Sprintf("%s; use a positive duration of at least 1ms, or 0 for LeaseDuration", req.Lease))
+	case req.Lease > s.config.RecordTTL:
+		return 0, invalidInput("lease", fmt.Sprintf("%s is longer than RecordTTL %s", req.Lease, s.config.RecordTTL))
+	}
+	return req.Lease, nil
+}
+
+// ownsRecord reports whether the claim query gave the record to the caller
+// that sent params.
+func ownsRecord(row dbgen.IdempotencyRecordClaimRow, params dbgen.IdempotencyRecordClaimParams) bool {
+	return row.LockToken.Valid && row.LockToken.UUID == params.LockToken
+}
+
+// existingRecord returns what a request gets for a record that another
+// request owns or settled: its stored response or the error that explains
+// why it has none.
+func (s *Idempotency) existingRecord(row dbgen.IdempotencyRecordClaimRow, req Request) (*StoredResponse, error) {
+	if !fingerprintMatches(row.RequestHash, req) {
+		return nil, ErrKeyReused
+	}
+
+	switch row.State {
+	case stateCompleted:
+		return storedResponse(row)
+	case stateResultUnavailable:
+		return nil, ErrResultUnavailable
+	case stateOutcomeUnknown:
+		return nil, ErrOutcomeUnknown
+	}
+	if row.LeaseExpiresAt != nil && row.LeaseExpiresAt.After(row.DbNow) {
+		return nil, &InFlightError{RetryAfter: inFlightRetryAfter(row.LeaseExpiresAt.Sub(row.DbNow))}
+	}
+	return nil, ErrOutcomeUnknown
+}
+
+// complete stores response through queries, which may run in a
+// transaction, for the record id owned by lockToken.
+func (s *Idempotency) complete(ctx context.Context, queries *dbgen.Queries, id int64, lockToken uuid.UUID, response StoredResponse) error {
+	if len(response.Body) > s.config.MaxResponseBytes {
+		s.config.Logger.LogAttrs(ctx, slog.LevelWarn, "pgguard: idempotent response too large to store; retries get result unavailable",
+			slog.Int64("idempotency_record_id", id),
+			slog.Int("body_bytes", len(response.Body)),
+			slog.Int("max_response_bytes", s.config.MaxResponseBytes))
+		return s.markResultUnavailable(ctx, queries, id, lockToken, response.Status)
+	}
+
+	header := http.Header{}
+	for name, values := range response.Header {
+		if s.replayHeaders[http.CanonicalHeaderKey(name)] {
+			header[http.CanonicalHeaderKey(name)] = values
+		}
+	}
+	headerJSON, err := json.Marshal(header)
+	if err != nil {
+		return fmt.Errorf("pgguard: failed to encode response headers: %w", err)
+	}
+
+	params := dbgen.IdempotencyRecordCompleteParams{
+		Now:             s.now(),
+		ID:              id,
+		LockToken:       uuid.NullUUID{UUID: lockToken, Valid: true},
+		ResponseStatus:  ptr(int32(response.Status)),
+		ResponseHeaders: headerJSON,
+	}
+	// Text keeps the common case readable in SQL; bytes that Postgres text
+	// cannot hold (invalid UTF-8, NUL) go to the bytea column unchanged.
+	if utf8.Valid(response.Body) && bytes.IndexByte(response.Body, 0) < 0 {
+		params.ResponseBodyJson = ptr(string(response.Body))
+	} else {
+		params.ResponseBody = response.Body
+	}
+
+	updated, err := queries.IdempotencyRecordComplete(ctx, params)
+	if err != nil {
+		return fmt.Errorf("pgguard: failed to store idempotent response: %w", err)
+	}
+	if updated == 0 {
+		return s.lostClaim(ctx, id)
+	}
+	return nil
+}
+
+func (s *Idempotency) markResultUnavailable(ctx context.Context, queries *dbgen.Queries, id int64, lockToken uuid.UUID, status int) error {
+	updated, err := queries.IdempotencyRecordMarkResultUnavailable(ctx, dbgen.IdempotencyRecordMarkResultUnavailableParams{
+		Now:            s.now(),
+		ID:             id,
+		LockToken:      uuid.NullUUID{UUID: lockToken, Valid: true},
+		ResponseStatus: ptr(int32(status)),
+	})
+	if err != nil {
+		return fmt.Errorf("pgguard: failed to mark the idempotency record's result unavailable: %w", err)
+	}
+	if updated == 0 {
+		return s.lostClaim(ctx, id)
+	}
+	return nil
+}
+
+// lostClaim logs a settle that matched no record and returns ErrLeaseLost.
+func (s *Idempotency) lostClaim(ctx context.Context, id int64) error {
+	s.config.Logger.LogAttrs(ctx, slog.LevelWarn, "pgguard: idempotency claim lost before completion",
+		slog.Int64("idempotency_record_id", id))
+	return ErrLeaseLost
+}
+
+// claimError wraps a failed claim query. A serialization failure means that
+// the claim ran in a REPEATABLE READ or SERIALIZABLE transaction while
+// another request committed the same key. A retry sees that request's
+// result, so the caller gets an *InFlightError.
+func claimError(err error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "40001" { // serialization_failure
+		return &InFlightError{RetryAfter: time.Second}
+	}
+	return fmt.Errorf("pgguard: failed to claim idempotency key: %w", err)
+}
+
+// inFlightRetryAfter rounds the time left on a lease down to whole seconds,
+// so a client that waits Retry-After seconds never waits past the lease. It
+// returns at least one second, the smallest useful HTTP Retry-After, so
+// with less than a second left the wait ends up to a second after the
+// lease.
+func inFlightRetryAfter(left time.Duration) time.Duration {
+	if left < time.Second {
+		return time.Second
+	}
+	return left.Truncate(time.Second)
+}
+
+func validateStatus(status int) error {
+	if status < 100 || status > 599 {
+		return invalidInput("response status", fmt.Sprintf("%d is outside 100..599", status))
 	}
 	return nil
 }
@@ -383,16 +578,6 @@ func requestScope(req Request) (scope, error) {
 		return scope{key: "ip:" + source.Addr().String(), ip: source}, nil
 	}
 	return scope{}, invalidInput("scope", "none given; set OrganizationID, Principal or ClientIP so keys of different callers stay apart")
-}
-
-func requestRoute(req Request) (string, error) {
-	if req.Method == "" || strings.ContainsFunc(req.Method, func(r rune) bool { return r <= ' ' || r >= unicode.MaxASCII }) {
-		return "", invalidInput("method", fmt.Sprintf("%q is not an HTTP method", req.Method))
-	}
-	if err := validateLabel("route", req.Route); err != nil {
-		return "", err
-	}
-	return req.Method + " " + req.Route, nil
 }
 
 func validateLabel(field, value string) error {

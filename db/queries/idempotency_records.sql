@@ -45,6 +45,35 @@ WHERE id = @id
     AND state = 'in_progress'
     AND lock_token = @lock_token;
 
+-- name: IdempotencyRecordMarkResultUnavailable :execrows
+-- Settles the record without a response, for a handler that finished with a
+-- response too large to store: retries get "result unavailable" and never
+-- run again. Like Complete it only touches a record the caller still owns.
+UPDATE idempotency_records
+SET
+    state = 'result_unavailable',
+    lock_token = NULL,
+    lease_expires_at = NULL,
+    response_status = @response_status,
+    completed_at = coalesce(sqlc.narg('now')::timestamptz, now())
+WHERE id = @id
+    AND state = 'in_progress'
+    AND lock_token = @lock_token;
+
+-- name: IdempotencyRecordMarkOutcomeUnknown :execrows
+-- Settles the record without a response, for a handler that failed after it
+-- may have changed something: retries get "outcome unknown" and never run
+-- again. Like Complete it only touches a record the caller still owns.
+UPDATE idempotency_records
+SET
+    state = 'outcome_unknown',
+    lock_token = NULL,
+    lease_expires_at = NULL,
+    completed_at = coalesce(sqlc.narg('now')::timestamptz, now())
+WHERE id = @id
+    AND state = 'in_progress'
+    AND lock_token = @lock_token;
+
 -- name: IdempotencyRecordRelease :execrows
 -- Gives up a claim so a retry with the same key runs again; like Complete it
 -- only touches a record the caller still owns.

@@ -1,0 +1,185 @@
+package integration
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pgguard/pgguard/dbgen"
+	"github.com/pgguard/pgguard/service"
+)
+
+func TestIdempotencySettleWithoutResponse(t *testing.T) {
+	t.Parallel()
+
+	t.Run("OutcomeUnknownNeverRunsAgain", func(t *testing.T) {
+		t.Parallel()
+		b := setupIdempotency(t, service.IdempotencyConfig{})
+		req := orderRequest("unknown", `{}`)
+		req.AllowTakeover = true
+
+		require.NoError(t, b.claim(t, req).MarkOutcomeUnknown(b.ctx))
+		// Even a route that may run again, long after the lease, does not.
+		b.clock.Advance(time.Hour)
+
+		_, _, err := b.idempotency.Begin(b.ctx, req)
+		require.ErrorIs(t, err, service.ErrOutcomeUnknown)
+		_, _, err = b.idempotency.Begin(b.ctx, orderRequest("unknown", `{"other":true}`))
+		require.ErrorIs(t, err, service.ErrKeyReused)
+	})
+
+	t.Run("ResultUnavailableNeverRunsAgain", func(t *testing.T) {
+		t.Parallel()
+		b := setupIdempotency(t, service.IdempotencyConfig{})
+		req := orderRequest("unavailable", `{}`)
+		claim := b.claim(t, req)
+
+		require.ErrorIs(t, claim.MarkResultUnavailable(b.ctx, 42), service.ErrInvalidInput)
+		require.NoError(t, claim.MarkResultUnavailable(b.ctx, http.StatusOK))
+		require.ErrorIs(t, claim.Release(b.ctx), service.ErrClaimSettled)
+
+		_, _, err := b.idempotency.Begin(b.ctx, req)
+		require.ErrorIs(t, err, service.ErrResultUnavailable)
+	})
+
+	t.Run("LostLeaseCannotMarkNewOwner", func(t *testing.T) {
+		t.Parallel()
+		b := setupIdempotency(t, service.IdempotencyConfig{})
+		req := orderRequest("lost", `{}`)
+		req.AllowTakeover = true
+		first := b.claim(t, req)
+		b.clock.Advance(2 * time.Minute)
+		second := b.claim(t, req)
+
+		require.ErrorIs(t, first.MarkOutcomeUnknown(b.ctx), service.ErrLeaseLost)
+		require.NoError(t, second.Complete(b.ctx, created(`{"from":"second"}`)))
+		require.Equal(t, []byte(`{"from":"second"}`), b.replay(t, req).Body)
+	})
+
+	t.Run("CompleteOverLimitMarksUnavailable", func(t *testing.T) {
+		t.Parallel()
+		b := setupIdempotency(t, service.IdempotencyConfig{MaxResponseBytes: 4})
+		req := orderRequest("limit", `{}`)
+
+		require.NoError(t, b.claim(t, req).Complete(b.ctx, service.StoredResponse{Status: http.StatusOK, Body: []byte("12345")}))
+
+		_, _, err := b.idempotency.Begin(b.ctx, req)
+		require.ErrorIs(t, err, service.ErrResultUnavailable)
+	})
+}
+
+func TestIdempotencyRequestOptions(t *testing.T) {
+	t.Parallel()
+
+	t.Run("LeasePerRequest", func(t *testing.T) {
+		t.Parallel()
+		b := setupIdempotency(t, service.IdempotencyConfig{RecordTTL: time.Hour})
+		req := orderRequest("lease", `{}`)
+		req.Lease = 5 * time.Second
+
+		claim := b.claim(t, req)
+		require.WithinDuration(t, b.clock.Now().Add(5*time.Second), claim.LeaseExpiresAt, 0)
+
+		for _, lease := range []time.Duration{-time.Second, 2 * time.Hour} {
+			req := orderRequest("invalid-lease", `{}`)
+			req.Lease = lease
+			_, _, err := b.idempotency.Begin(b.ctx, req)
+			require.ErrorIs(t, err, service.ErrInvalidInput, "lease %s", lease)
+		}
+	})
+
+	t.Run("PathValuesSeparateRecords", func(t *testing.T) {
+		t.Parallel()
+		b := setupIdempotency(t, service.IdempotencyConfig{})
+		ticket := func(id string) service.Request {
+			return service.Request{
+				Key:            "same",
+				Method:         http.MethodPut,
+				Route:          "/tickets/{id}",
+				PathValues:     map[string]string{"id": id},
+				Body:           []byte(`{}`),
+				OrganizationID: "org-1",
+			}
+		}
+
+		require.NoError(t, b.claim(t, ticket("1")).Complete(b.ctx, created("one")))
+		require.NoError(t, b.claim(t, ticket("2")).Complete(b.ctx, created("two")))
+
+		require.Equal(t, []byte("one"), b.replay(t, ticket("1")).Body)
+		require.Equal(t, []byte("two"), b.replay(t, ticket("2")).Body)
+		require.NotEqual(t, ticket("1").Fingerprint(), ticket("2").Fingerprint())
+	})
+
+	t.Run("LongPathValuesHashed", func(t *testing.T) {
+		t.Parallel()
+		b := setupIdempotency(t, service.IdempotencyConfig{})
+		long := make([]byte, 4096)
+		for i := range long {
+			long[i] = 'a' + byte(i%26)
+		}
+		req := service.Request{
+			Key:            "long",
+			Method:         http.MethodGet,
+			Route:          "/files/{path...}",
+			PathValues:     map[string]string{"path": string(long)},
+			OrganizationID: "org-1",
+		}
+
+		require.NoError(t, b.claim(t, req).Complete(b.ctx, created("file")))
+		require.Equal(t, []byte("file"), b.replay(t, req).Body)
+	})
+}
+
+// A record stored by an earlier release, with a v1 fingerprint, still
+// replays for the same request, so an upgrade does not turn retries into
+// "key reused".
+func TestIdempotencyV1FingerprintStillMatches(t *testing.T) {
+	t.Parallel()
+	b := setupIdempotency(t, service.IdempotencyConfig{})
+	queries := dbgen.New(b.pool)
+	req := orderRequest("old", `{"item":"book"}`)
+	token := uuid.New()
+	now := b.clock.Now()
+
+	v1 := v1Fingerprint(req.Method, req.Route, req.Body)
+	row, err := queries.IdempotencyRecordClaim(b.ctx, dbgen.IdempotencyRecordClaimParams{
+		Now:         &now,
+		Scope:       "org:org-1",
+		Route:       "POST /orders",
+		Key:         "old",
+		RequestHash: v1,
+		LockToken:   token,
+		LeaseMs:     60000,
+		TtlMs:       86400000,
+	})
+	require.NoError(t, err)
+	status := int32(http.StatusCreated)
+	body := `{"id":1}`
+	_, err = queries.IdempotencyRecordComplete(b.ctx, dbgen.IdempotencyRecordCompleteParams{
+		Now:              &now,
+		ID:               row.ID,
+		LockToken:        uuid.NullUUID{UUID: token, Valid: true},
+		ResponseStatus:   &status,
+		ResponseHeaders:  []byte(`{}`),
+		ResponseBodyJson: &body,
+	})
+	require.NoError(t, err)
+
+	require.Equal(t, []byte(body), b.replay(t, req).Body)
+	_, _, err = b.idempotency.Begin(b.ctx, orderRequest("old", `{"item":"pen"}`))
+	require.ErrorIs(t, err, service.ErrKeyReused)
+}
+
+// v1Fingerprint computes a fingerprint the way pgguard's first release
+// did: "v1:" and the hex SHA-256 of method, NUL, route, NUL, body.
+func v1Fingerprint(method, route string, body []byte) string {
+	h := sha256.New()
+	h.Write([]byte(method + "\x00" + route + "\x00"))
+	h.Write(body)
+	return "v1:" + hex.EncodeToString(h.Sum(nil))
+}
