@@ -1,0 +1,62 @@
+package integration
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/pgguard/pgguard/service"
+)
+
+func TestIdempotencyCleaner(t *testing.T) {
+	t.Parallel()
+
+	t.Run("RunPurgesUntilCanceled", func(t *testing.T) {
+		t.Parallel()
+		b := setupIdempotency(t, service.IdempotencyConfig{RecordTTL: time.Hour})
+		for _, key := range []string{"a", "b", "c"} {
+			require.NoError(t, b.claim(t, orderRequest(key, "{}")).Complete(b.ctx, created("{}")))
+		}
+		b.clock.Advance(time.Hour)
+		b.claim(t, orderRequest("fresh", "{}"))
+		cleaner, err := service.NewIdempotencyCleaner(b.idempotency, service.IdempotencyCleanerConfig{
+			Interval:  10 * time.Millisecond,
+			BatchSize: 2,
+		})
+		require.NoError(t, err)
+
+		ctx, cancel := context.WithCancel(b.ctx)
+		stopped := make(chan error, 1)
+		go func() { stopped <- cleaner.Run(ctx) }()
+
+		require.Eventually(t, func() bool { return b.rowCount(t) == 1 }, 10*time.Second, 10*time.Millisecond)
+		cancel()
+		require.NoError(t, <-stopped)
+		b.requireInFlight(t, orderRequest("fresh", "{}"))
+	})
+
+	t.Run("ConfigValidation", func(t *testing.T) {
+		t.Parallel()
+		b := setupIdempotency(t, service.IdempotencyConfig{})
+
+		cases := map[string]service.IdempotencyCleanerConfig{
+			"Interval":  {Interval: -time.Second},
+			"BatchSize": {BatchSize: -1},
+		}
+		for field, config := range cases {
+			_, err := service.NewIdempotencyCleaner(b.idempotency, config)
+			require.ErrorIs(t, err, service.ErrInvalidConfig, field)
+			require.ErrorContains(t, err, field)
+		}
+	})
+}
+
+// requireInFlight checks that req's record exists and is in progress.
+func (b *idempotencyBundle) requireInFlight(t *testing.T, req service.Request) {
+	t.Helper()
+
+	_, _, err := b.idempotency.Begin(b.ctx, req)
+	require.ErrorIs(t, err, service.ErrInFlight)
+}
