@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
+
 	"github.com/pgguard/pgguard/dbgen"
 )
 
@@ -43,6 +45,9 @@ func NewLockout(db dbgen.DBTX, config LockoutConfig) (*Lockout, error) {
 
 // Attempt is a login attempt admitted by [Lockout.Begin]. Settle it exactly
 // once; an attempt never settled counts as a failure after AttemptTimeout.
+// A settle that fails with an error matching [ErrUnavailable] may be
+// retried when the database certainly did not apply it; otherwise the
+// retry returns [ErrAlreadySettled].
 type Attempt struct {
 	lockout *Lockout
 	id      int64
@@ -237,6 +242,7 @@ func (a *Attempt) Fail(ctx context.Context) (FailResult, error) {
 		SourceLockMaxMs:  policy.Source.MaxLockDuration.Milliseconds(),
 	})
 	if err != nil {
+		a.allowRetry(err)
 		return FailResult{}, unavailable("record login failure", err)
 	}
 	if row.AttemptID == 0 {
@@ -310,9 +316,23 @@ func (a *Attempt) settle(ctx context.Context, success, rememberSource bool) erro
 		RememberSource: rememberSource,
 	})
 	if err != nil {
+		a.allowRetry(err)
 		return unavailable("settle login attempt", err)
 	}
 	return nil
+}
+
+// allowRetry lets the caller settle again after err when the database
+// certainly did not apply the settle: nothing was sent, or the server
+// reported an error, which rolled the statement back. After a connection
+// lost mid-call the outcome is unknown, so a retry could count twice; the
+// attempt then stays settled, and if the settle was lost it counts as a
+// failure after AttemptTimeout.
+func (a *Attempt) allowRetry(err error) {
+	var pgErr *pgconn.PgError
+	if pgconn.SafeToRetry(err) || errors.As(err, &pgErr) {
+		a.settled.Store(false)
+	}
 }
 
 // emitEngaged reports a lock that Begin engaged because unsettled attempts
