@@ -18,11 +18,12 @@ const HeaderName = "Idempotency-Key"
 //   - an RFC 8941 String, as the IETF draft specifies: "abc", with \" and
 //     \\ as the only escapes, printable ASCII inside the quotes, and no
 //     parameters;
-//   - a bare token, as Stripe's clients send it: abc, made of printable
-//     ASCII without spaces, double quotes or commas.
+//   - a bare value, as Stripe's clients send it: abc, made of printable
+//     ASCII and spaces, without double quotes or commas.
 //
-// So Idempotency-Key: "abc" and Idempotency-Key: abc are one key. The key
-// has 1 to [service.MaxKeyLength] characters. An empty key, a list such as
+// So Idempotency-Key: "abc" and Idempotency-Key: abc are one key. Spaces
+// and tabs around the value are not part of the key. The key has 1 to
+// [service.MaxKeyLength] characters. An empty key, a list such as
 // a, b, a header sent more than once, a control character or any other
 // deviation returns an *service.InputError, which never echoes the key.
 func ParseKey(h http.Header) (key string, found bool, err error) {
@@ -101,8 +102,6 @@ func parseBareKey(value string) (string, error) {
 		switch {
 		case c == ',':
 			return "", invalidKey("is a list; send exactly one key")
-		case c == ' ' || c == '\t':
-			return "", invalidKey(`contains whitespace; quote the key, as in "a b", or leave the spaces out`)
 		case c == '"':
 			return "", invalidKey("contains a double quote that does not start an RFC 8941 String")
 		case c < 0x20 || c == 0x7f:
