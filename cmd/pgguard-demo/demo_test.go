@@ -376,3 +376,16 @@ func TestProblemBodyIsRFC9457(t *testing.T) {
 		"detail": "The X header is missing.",
 	}, members)
 }
+
+func TestCreateOrderRejectsMalformedKey(t *testing.T) {
+	client, _ := newTestClient(t, fastConfig())
+	client.organizationID = "acme"
+
+	ex, err := client.send(t.Context(), client.orderRequest("first, second", `{"item":"widget","quantity":1}`))
+
+	require.NoError(t, err)
+	require.NoError(t, expectProblem(ex, http.StatusBadRequest, problemKeyInvalid))
+	count, err := client.orders.countByOrganization(t.Context(), "acme")
+	require.NoError(t, err)
+	require.Zero(t, count)
+}

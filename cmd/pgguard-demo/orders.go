@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"net/http"
 	"strconv"
@@ -14,7 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/pgguard/pgguard/service"
+	"github.com/pgguard/pgguard/idempotencyhttp"
 )
 
 // maxItemLength is the longest item name accepted, in characters.
@@ -94,57 +95,67 @@ func validateCreateOrder(body []byte) (item string, quantity int32, err error) {
 	return *req.Item, int32(*req.Quantity), nil
 }
 
-// handleCreateOrder creates an order at most once per Idempotency-Key.
-//
-// The key is claimed before the body is validated, because a key reused
-// with another body must get 422 even when that body is invalid. An invalid
-// body releases the claim, so a corrected retry with the same key runs.
-func (s *server) handleCreateOrder(w http.ResponseWriter, r *http.Request) {
-	key := r.Header.Get("Idempotency-Key")
-	if key == "" {
-		writeInvalidRequest(w, "The Idempotency-Key header is missing. Send a unique value, such as a UUID, and reuse it only to retry this request.")
-		return
-	}
-	organizationID := r.Header.Get("X-Organization-ID")
-	if organizationID == "" {
-		writeInvalidRequest(w, "The X-Organization-ID header is missing. Send the id of the organization that places the order.")
-		return
-	}
-	body, ok := readBody(w, r)
-	if !ok {
-		return
-	}
+// problemKeyMissing and problemKeyInvalid are the middleware's problems
+// for a request without a usable Idempotency-Key, under this API's type
+// base. The other idempotency problems are in problem.go.
+const (
+	problemKeyMissing = problemTypeBase + idempotencyhttp.ProblemKeyMissing
+	problemKeyInvalid = problemTypeBase + idempotencyhttp.ProblemKeyInvalid
+)
 
-	claim, stored, err := s.idempotency.Begin(r.Context(), service.Request{
-		Key:            key,
-		Method:         r.Method,
-		Route:          routePath(r.Pattern),
-		Body:           body,
-		OrganizationID: organizationID,
+// createOrderRoute returns POST /orders behind the idempotency middleware.
+// Keys are scoped by X-Organization-ID, and JSON bodies are compared after
+// canonicalization, so a retry that reorders members still replays.
+func (s *server) createOrderRoute() (http.Handler, error) {
+	middleware, err := idempotencyhttp.New(idempotencyhttp.Config{
+		Idempotency:     s.idempotency,
+		Scope:           organizationScope,
+		ProblemTypeBase: problemTypeBase,
+		Logger:          s.logger,
 	})
 	if err != nil {
-		s.writeIdempotencyError(w, r, err)
+		return nil, err
+	}
+	route, err := middleware.Route(
+		idempotencyhttp.JSONBody(),
+		idempotencyhttp.MaxRequestBytes(maxBodyBytes),
+	)
+	if err != nil {
+		return nil, err
+	}
+	return route(http.HandlerFunc(s.handleCreateOrder)), nil
+}
+
+// organizationScope scopes idempotency keys by the organization that
+// places the order; a request without one is rejected with 400.
+func organizationScope(r *http.Request) (idempotencyhttp.Scope, error) {
+	organizationID := r.Header.Get("X-Organization-ID")
+	if organizationID == "" {
+		return idempotencyhttp.Scope{}, errors.New("The X-Organization-ID header is missing. Send the id of the organization that places the order.")
+	}
+	return idempotencyhttp.Scope{OrganizationID: organizationID}, nil
+}
+
+// handleCreateOrder creates an order. The middleware has already claimed
+// the Idempotency-Key, and it stores the 201 for replay. An invalid body
+// gets 400, which releases the key, so a corrected retry with the same key
+// runs.
+func (s *server) handleCreateOrder(w http.ResponseWriter, r *http.Request) {
+	organizationID := r.Header.Get("X-Organization-ID")
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		writeInvalidRequest(w, "The request body could not be read: "+err.Error())
 		return
 	}
-	if stored != nil {
-		writeStoredResponse(w, stored)
-		return
-	}
-
-	// From here on the claim must be settled even if the client hangs up,
-	// or the key stays blocked until its lease runs out.
-	settleCtx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), settleTimeout)
-	defer cancel()
-
 	item, quantity, err := validateCreateOrder(body)
 	if err != nil {
-		s.releaseClaim(settleCtx, claim)
 		writeInvalidRequest(w, err.Error())
 		return
 	}
 
 	if err := sleepContext(r.Context(), s.orderDelay); err != nil {
-		s.releaseClaim(settleCtx, claim)
+		// The client went away before anything was inserted.
+		idempotencyhttp.SetOutcome(r.Context(), idempotencyhttp.OutcomeRelease)
 		return
 	}
 
@@ -154,86 +165,15 @@ func (s *server) handleCreateOrder(w http.ResponseWriter, r *http.Request) {
 		// a connection lost during COMMIT leaves that unknown. Releasing
 		// lets a retry insert again, which the demo accepts.
 		s.logger.ErrorContext(r.Context(), "failed to create order", "error", err, "organization_id", organizationID)
-		s.releaseClaim(settleCtx, claim)
+		idempotencyhttp.SetOutcome(r.Context(), idempotencyhttp.OutcomeRelease)
 		writeInternalError(w)
 		return
 	}
 
-	response := service.StoredResponse{
-		Status: http.StatusCreated,
-		Header: http.Header{
-			"Content-Type": {"application/json"},
-			"Location":     {"/orders/" + strconv.FormatInt(created.ID, 10)},
-		},
-		Body: encodeOrder(created),
-	}
-	if err := claim.Complete(settleCtx, response); err != nil {
-		// The order exists, so this client still gets its 201. Retries
-		// with this key get 409 until the record expires, because the key
-		// has no stored response to replay.
-		s.logger.ErrorContext(settleCtx, "failed to store the response for the idempotency key",
-			"error", err, "order_id", created.ID, "organization_id", organizationID)
-	}
-	writeResponse(w, response)
-}
-
-// writeIdempotencyError maps an error of Idempotency.Begin to a response.
-func (s *server) writeIdempotencyError(w http.ResponseWriter, r *http.Request, err error) {
-	var inFlight *service.InFlightError
-	var invalid *service.InputError
-	switch {
-	case errors.Is(err, service.ErrKeyReused):
-		writeProblem(w, problem{
-			Type:   problemKeyReused,
-			Title:  "Idempotency key reused",
-			Status: http.StatusUnprocessableEntity,
-			Detail: "This Idempotency-Key was used for a request with a different body. Use a new key for a new request.",
-		})
-	case errors.As(err, &inFlight):
-		w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds(inFlight.RetryAfter)))
-		writeProblem(w, problem{
-			Type:   problemRequestInFlight,
-			Title:  "Request in progress",
-			Status: http.StatusConflict,
-			Detail: "A request with this Idempotency-Key is still running. Retry after the number of seconds in the Retry-After header to get its response.",
-		})
-	case errors.Is(err, service.ErrOutcomeUnknown):
-		writeProblem(w, problem{
-			Type:   problemOutcomeUnknown,
-			Title:  "Outcome of the earlier request unknown",
-			Status: http.StatusConflict,
-			Detail: "An earlier request with this Idempotency-Key stopped before it stored a response, so it may or may not have created the order. Check the organization's orders before you retry with a new key.",
-		})
-	case errors.As(err, &invalid):
-		writeInvalidRequest(w, fmt.Sprintf("Invalid %s: %s.", invalid.Field, invalid.Problem))
-	default:
-		s.logger.ErrorContext(r.Context(), "failed to claim idempotency key", "error", err)
-		writeInternalError(w)
-	}
-}
-
-func (s *server) releaseClaim(ctx context.Context, claim *service.Claim) {
-	if err := claim.Release(ctx); err != nil {
-		// The key stays blocked until its lease runs out. Nothing else is
-		// affected, because the order was not created.
-		s.logger.ErrorContext(ctx, "failed to release idempotency key", "error", err, "lease_expires_at", claim.LeaseExpiresAt)
-	}
-}
-
-// writeStoredResponse replays a stored response byte for byte and marks it
-// with Idempotent-Replayed: true.
-func writeStoredResponse(w http.ResponseWriter, stored *service.StoredResponse) {
-	w.Header().Set("Idempotent-Replayed", "true")
-	writeResponse(w, *stored)
-}
-
-func writeResponse(w http.ResponseWriter, response service.StoredResponse) {
-	header := w.Header()
-	for name, values := range response.Header {
-		header[name] = values
-	}
-	w.WriteHeader(response.Status)
-	_, _ = w.Write(response.Body)
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Location", "/orders/"+strconv.FormatInt(created.ID, 10))
+	w.WriteHeader(http.StatusCreated)
+	_, _ = w.Write(encodeOrder(created))
 }
 
 // handleGetOrder returns an order of the organization in X-Organization-ID.

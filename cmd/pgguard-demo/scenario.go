@@ -566,7 +566,7 @@ func (s *scenario) missingKey(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return expectProblem(ex, http.StatusBadRequest, problemInvalidRequest)
+	return expectProblem(ex, http.StatusBadRequest, problemKeyMissing)
 }
 
 // expectProblem checks that ex is a problem details response with the

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -87,7 +86,11 @@ func newServer(pool *pgxpool.Pool, config serverConfig, logger *slog.Logger) (*s
 		mux:         http.NewServeMux(),
 	}
 	s.mux.HandleFunc("POST /login", s.handleLogin)
-	s.mux.HandleFunc("POST /orders", s.handleCreateOrder)
+	createOrder, err := s.createOrderRoute()
+	if err != nil {
+		return nil, fmt.Errorf("invalid idempotency route: %w", err)
+	}
+	s.mux.Handle("POST /orders", createOrder)
 	s.mux.HandleFunc("GET /orders/{id}", s.handleGetOrder)
 	return s, nil
 }
@@ -160,16 +163,6 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 		return nil, false
 	}
 	return body, true
-}
-
-// routePath returns the path part of a ServeMux pattern such as
-// "POST /orders", which is the route template that idempotency records are
-// keyed by.
-func routePath(pattern string) string {
-	if _, path, found := strings.Cut(pattern, " "); found {
-		return path
-	}
-	return pattern
 }
 
 // statusRecorder remembers the status code written through it, for the
