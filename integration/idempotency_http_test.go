@@ -131,29 +131,62 @@ func TestIdempotencyHTTPConcurrentDuplicates(t *testing.T) {
 }
 
 // The claim of a request that loses the insert race re-reads the record,
-// which the winner may delete again in between. Every request must end in
-// a run or a 409, never in a 5xx.
+// which the winner may complete or delete in between. Every request must
+// end in a run, a replay or a 409, never in a 5xx.
 func TestIdempotencyHTTPRaceLoserNeverFails(t *testing.T) {
 	t.Parallel()
-	b := setupHTTP(t, service.IdempotencyConfig{})
-	// Every run fails validation, which releases the key at once, so the
-	// record is inserted and deleted over and over while others conflict.
-	b.handle(t, "POST /orders", func(w http.ResponseWriter, r *http.Request) {
-		http.Error(w, "quantity must be positive", http.StatusBadRequest)
+
+	t.Run("WinnerReleases", func(t *testing.T) {
+		t.Parallel()
+		b := setupHTTP(t, service.IdempotencyConfig{})
+		// Every run fails validation, which releases the key at once, so
+		// the record is inserted and deleted over and over while others
+		// conflict.
+		b.handle(t, "POST /orders", func(w http.ResponseWriter, r *http.Request) {
+			http.Error(w, "quantity must be positive", http.StatusBadRequest)
+		})
+
+		for range 10 {
+			responses, err := b.sendParallel(20, post("/orders", "race", `{"quantity":0}`))
+			require.NoError(t, err)
+			for _, res := range responses {
+				if res.status == http.StatusConflict {
+					requireProblem(t, res, http.StatusConflict, idempotencyhttp.ProblemRequestInFlight)
+					continue
+				}
+				require.Equal(t, http.StatusBadRequest, res.status, "response: %s", res)
+			}
+		}
+		require.Equal(t, 0, b.rowCount(t))
 	})
 
-	for range 10 {
-		responses, err := b.sendParallel(20, post("/orders", "race", `{"quantity":0}`))
-		require.NoError(t, err)
-		for _, res := range responses {
-			if res.status == http.StatusConflict {
-				requireProblem(t, res, http.StatusConflict, idempotencyhttp.ProblemRequestInFlight)
-				continue
+	t.Run("WinnerCompletes", func(t *testing.T) {
+		t.Parallel()
+		b := setupHTTP(t, service.IdempotencyConfig{})
+		var calls atomic.Int64
+		b.handle(t, "POST /orders", createdHandler(&calls))
+
+		for round := range 10 {
+			key := fmt.Sprintf("race-%d", round)
+			responses, err := b.sendParallel(20, post("/orders", key, `{}`))
+			require.NoError(t, err)
+
+			fresh := 0
+			for _, res := range responses {
+				switch {
+				case res.status == http.StatusConflict:
+					requireProblem(t, res, http.StatusConflict, idempotencyhttp.ProblemRequestInFlight)
+				case res.replayed():
+					require.Equal(t, http.StatusCreated, res.status)
+				default:
+					require.Equal(t, http.StatusCreated, res.status, "response: %s", res)
+					fresh++
+				}
 			}
-			require.Equal(t, http.StatusBadRequest, res.status, "response: %s", res)
+			require.Equal(t, 1, fresh, "round %d", round)
 		}
-	}
-	require.Equal(t, 0, b.rowCount(t))
+		require.Equal(t, int64(10), calls.Load())
+	})
 }
 
 func TestIdempotencyHTTPExpiredLease(t *testing.T) {
@@ -705,6 +738,40 @@ func TestIdempotencyHTTPFailureClassification(t *testing.T) {
 			requireProblem(t, res, http.StatusConflict, idempotencyhttp.ProblemOutcomeUnknown)
 		}
 		require.Equal(t, int64(1), sideEffects.Load())
+	})
+
+	t.Run("AbandonedRequestKeepsKey", func(t *testing.T) {
+		t.Parallel()
+		b := setupHTTP(t, service.IdempotencyConfig{})
+		var calls atomic.Int64
+		started := make(chan struct{})
+		b.handle(t, "POST /orders", func(w http.ResponseWriter, r *http.Request) {
+			calls.Add(1)
+			close(started)
+			// The work may have begun; the handler stops when the client
+			// goes away and writes nothing.
+			<-r.Context().Done()
+		})
+		req := post("/orders", "abandoned", `{}`)
+
+		ctx, cancel := context.WithCancel(b.ctx)
+		sent := make(chan error, 1)
+		go func() {
+			_, err := b.send(ctx, req)
+			sent <- err
+		}()
+		<-started
+		cancel()
+		require.ErrorIs(t, <-sent, context.Canceled)
+
+		require.Eventually(t, func() bool {
+			var state string
+			err := b.pool.QueryRow(b.ctx, `SELECT state FROM idempotency_records WHERE key = 'abandoned'`).Scan(&state)
+			return err == nil && state == "outcome_unknown"
+		}, 10*time.Second, 10*time.Millisecond, "the abandoned request was never settled")
+		res := b.do(t, req)
+		requireProblem(t, res, http.StatusConflict, idempotencyhttp.ProblemOutcomeUnknown)
+		require.Equal(t, int64(1), calls.Load())
 	})
 
 	t.Run("ServerErrorStored", func(t *testing.T) {
