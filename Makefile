@@ -107,6 +107,14 @@ test: ## Run go vet, verify and all tests with the race detector
 	$(MAKE) verify
 	go test -race -count=1 ./...
 
+# File that make bench writes its results to, as JSON.
+BENCH_JSON := bench.json
+
+.PHONY: bench
+bench: ## Benchmark pgguard against the round-trip floor, the usual design and Redis; writes bench.json
+	go test -run '^$$' -bench . -benchmem -benchtime 200ms ./service
+	go run ./cmd/pgguard-bench -json $(BENCH_JSON)
+
 .PHONY: demo
 demo: ## Run the demo scenario against a Postgres that pgfind finds; fails if the scenario fails
 	go run ./cmd/pgguard-demo -scenario
