@@ -99,7 +99,10 @@ func New(config Config) (*Middleware, error) {
 func (m *Middleware) Route(options ...RouteOption) (func(http.Handler) http.Handler, error) {
 	settings := defaultRouteSettings()
 	for _, option := range options {
-		if err := option(&settings); err != nil {
+		if option.apply == nil {
+			return nil, fmt.Errorf("%w: a RouteOption is the zero value; build options with this package's functions such as Lease", service.ErrInvalidConfig)
+		}
+		if err := option.apply(&settings); err != nil {
 			return nil, err
 		}
 	}

@@ -15,7 +15,9 @@ const DefaultMaxRequestBytes = 1 << 20
 // requires a key, fingerprints the raw body, uses lease mode with the
 // Idempotency's LeaseDuration, accepts bodies up to 1 MiB and classifies
 // with [DefaultClassify].
-type RouteOption func(*routeSettings) error
+type RouteOption struct {
+	apply func(*routeSettings) error
+}
 
 type routeSettings struct {
 	keyOptional     bool
@@ -35,10 +37,10 @@ func defaultRouteSettings() routeSettings {
 // handler untouched: no body limit, no claim, nothing stored. Without it a
 // keyless request gets a 400 idempotency-key-missing problem.
 func KeyOptional() RouteOption {
-	return func(s *routeSettings) error {
+	return RouteOption{apply: func(s *routeSettings) error {
 		s.keyOptional = true
 		return nil
-	}
+	}}
 }
 
 // AllowRerun declares the handler safe to run again when an earlier request
@@ -47,10 +49,10 @@ func KeyOptional() RouteOption {
 // Without it, such requests get a 409 idempotency-outcome-unknown problem
 // until the record expires.
 func AllowRerun() RouteOption {
-	return func(s *routeSettings) error {
+	return RouteOption{apply: func(s *routeSettings) error {
 		s.allowRerun = true
 		return nil
-	}
+	}}
 }
 
 // JSONBody fingerprints the canonical form of a JSON body (see
@@ -60,10 +62,10 @@ func AllowRerun() RouteOption {
 // body that is not valid JSON, or that repeats a member name, gets a 400
 // invalid-request problem before any claim. An empty body stays empty.
 func JSONBody() RouteOption {
-	return func(s *routeSettings) error {
+	return RouteOption{apply: func(s *routeSettings) error {
 		s.jsonBody = true
 		return nil
-	}
+	}}
 }
 
 // Atomic runs the handler in the transaction that claims the key and stores
@@ -75,10 +77,10 @@ func JSONBody() RouteOption {
 // back. Use it only when all the handler's side effects live in the
 // Idempotency's database.
 func Atomic() RouteOption {
-	return func(s *routeSettings) error {
+	return RouteOption{apply: func(s *routeSettings) error {
 		s.atomic = true
 		return nil
-	}
+	}}
 }
 
 // Lease sets how long a claim holds the key before requests may take it
@@ -86,13 +88,13 @@ func Atomic() RouteOption {
 // Idempotency's LeaseDuration, 60 seconds by default. A lease of zero or
 // less is a configuration error.
 func Lease(d time.Duration) RouteOption {
-	return func(s *routeSettings) error {
+	return RouteOption{apply: func(s *routeSettings) error {
 		if d <= 0 {
 			return fmt.Errorf("%w: Lease is %s; use a positive duration such as 30s", service.ErrInvalidConfig, d)
 		}
 		s.lease = d
 		return nil
-	}
+	}}
 }
 
 // MaxRequestBytes sets the longest request body, in bytes. A longer body
@@ -100,13 +102,13 @@ func Lease(d time.Duration) RouteOption {
 // option the limit is [DefaultMaxRequestBytes]. A limit of zero or less is
 // a configuration error.
 func MaxRequestBytes(n int64) RouteOption {
-	return func(s *routeSettings) error {
+	return RouteOption{apply: func(s *routeSettings) error {
 		if n <= 0 {
 			return fmt.Errorf("%w: MaxRequestBytes is %d; use a positive number of bytes", service.ErrInvalidConfig, n)
 		}
 		s.maxRequestBytes = n
 		return nil
-	}
+	}}
 }
 
 // Classify replaces [DefaultClassify] as the function that decides, after
@@ -114,11 +116,11 @@ func MaxRequestBytes(n int64) RouteOption {
 // or the key kept with an unknown outcome. A handler can still override it
 // per request with [SetOutcome].
 func Classify(classify func(Attempt) Outcome) RouteOption {
-	return func(s *routeSettings) error {
+	return RouteOption{apply: func(s *routeSettings) error {
 		if classify == nil {
 			return fmt.Errorf("%w: Classify got a nil function", service.ErrInvalidConfig)
 		}
 		s.classify = classify
 		return nil
-	}
+	}}
 }

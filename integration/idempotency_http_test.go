@@ -999,6 +999,7 @@ func TestIdempotencyHTTPConfigValidation(t *testing.T) {
 		"long Lease":      idempotencyhttp.Lease(2 * time.Hour),
 		"MaxRequestBytes": idempotencyhttp.MaxRequestBytes(0),
 		"Classify":        idempotencyhttp.Classify(nil),
+		"zero option":     {},
 	}
 	for name, option := range invalid {
 		_, err := b.middleware.Route(option)
