@@ -80,8 +80,9 @@ func (e *LockedError) Is(target error) bool { return target == ErrLocked }
 
 // InFlightError reports a key whose first request is still running.
 type InFlightError struct {
-	// RetryAfter is at most the time left on the running request's lease,
-	// rounded up to whole seconds and at least one second.
+	// RetryAfter is the time left on the running request's lease, rounded
+	// down to whole seconds, so it never ends after the lease, but at least
+	// one second.
 	RetryAfter time.Duration
 }
 
