@@ -19,7 +19,9 @@ type benchEnv struct {
 	lockout     *service.Lockout
 	idempotency *service.Idempotency
 	// redis is nil when the run skips the Redis reference.
-	redis       *redisPool
+	redis *redisPool
+	// cpu reads the CPU time of the pool's backends; nil when it cannot.
+	cpu         *serverCPU
 	runID       string
 	environment environment
 	progress    func(format string, args ...any)
@@ -40,6 +42,10 @@ func openBenchEnv(ctx context.Context, db *scratchDatabase, opts options) (*benc
 	}
 	var err error
 	if env.pool, err = openPool(ctx, db.url, maxClients(opts)+poolHeadroom); err != nil {
+		return nil, err
+	}
+	if env.cpu, err = newServerCPU(ctx, env.pool, maxClients(opts)+poolHeadroom); err != nil {
+		env.close()
 		return nil, err
 	}
 	if env.environment, err = describeEnvironment(ctx, env.pool); err != nil {

@@ -12,10 +12,14 @@ import (
 const (
 	opFloorUpsert = "floor: single-row upsert"
 	opFloorSelect = "floor: indexed select"
+	// opFloorSelectRecord reads a stored response the way a replay must:
+	// one indexed select of the idempotency record, with no decisions.
+	opFloorSelectRecord = "floor: select stored response"
 )
 
-// floorWorkloads returns the raw upsert and the raw indexed select, both on
-// rows of bench_floor that seedFloorKeys created.
+// floorWorkloads returns the raw upsert and the raw indexed select on rows
+// of bench_floor that seedFloorKeys created, and the raw select of a
+// stored response that seedIdempotencyKeys created.
 func floorWorkloads(pool *pgxpool.Pool) []*workload {
 	upsert := func(ctx context.Context, key int64) error {
 		_, err := pool.Exec(ctx, `
@@ -29,9 +33,22 @@ func floorWorkloads(pool *pgxpool.Pool) []*workload {
 		var hits int
 		return pool.QueryRow(ctx, `SELECT hits FROM bench_floor WHERE key = $1`, keysFloor.email(key)).Scan(&hits)
 	}
+	selectRecord := func(ctx context.Context, key int64) error {
+		req := orderRequest(keyPrefixReplay, key%storedKeys)
+		var status int
+		var headers []byte
+		var body string
+		return pool.QueryRow(ctx, `
+			SELECT response_status, response_headers, response_body_json
+			FROM idempotency_records
+			WHERE scope = $1 AND route = $2 AND key = $3`,
+			"org:"+req.OrganizationID, req.Method+" "+req.Route, req.Key,
+		).Scan(&status, &headers, &body)
+	}
 	return []*workload{
 		{operation: opFloorUpsert, design: designFloor, op: upsert},
 		{operation: opFloorSelect, design: designFloor, op: selectRow},
+		{operation: opFloorSelectRecord, design: designFloor, op: selectRecord},
 	}
 }
 

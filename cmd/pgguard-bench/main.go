@@ -55,7 +55,6 @@ type options struct {
 	// only selects the workloads whose "operation (design)" it matches.
 	only     *regexp.Regexp
 	scale    scaleOptions
-	noScale  bool
 	clones   int
 	progress io.Writer
 }
@@ -78,11 +77,13 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	flags.StringVar(&opts.redisAddr, "redis", "127.0.0.1:6379", "host:port of the Redis server of the reference; empty skips it")
 	flags.StringVar(&opts.applyPath, "apply", "", "SQL file to run on the scratch database after the migrations, to measure a proposed schema change")
 	only := flags.String("run", "", "only run the workloads whose \"operation (design)\" matches this regular expression")
-	flags.BoolVar(&opts.noScale, "no-scale", false, "skip the scale cases")
+	scaleCases := flags.String("scale", strings.Join(allScaleCases, ","), "comma-separated scale cases to run, of "+strings.Join(allScaleCases, ", ")+"; empty skips them")
 	flags.IntVar(&opts.scale.sources, "scale-sources", 10000, "sources that failed against one email in the first scale case")
 	flags.IntVar(&opts.scale.records, "scale-records", 1000000, "idempotency records in the purge scale case")
 	flags.IntVar(&opts.scale.expired, "scale-expired", 900000, "expired records among -scale-records")
 	flags.IntVar(&opts.scale.accounts, "scale-accounts", 100000, "accounts sprayed in the spraying scale case")
+	flags.IntVar(&opts.scale.purgeBatch, "scale-purge-batch", 1000, "rows per DELETE in the purge scale case")
+	flags.DurationVar(&opts.scale.purgePause, "scale-purge-pause", 0, "pause after each batch of the purge scale case, to measure a throttled cleaner; 0 calls Idempotency.PurgeExpired")
 	flags.DurationVar(&opts.scale.insertTime, "scale-insert-time", 8*time.Second, "how long the purge scale case inserts without a purge, for its baseline")
 	flags.IntVar(&opts.clones, "clones", 20, "test databases to clone when timing the test harness; 0 skips it")
 
@@ -104,6 +105,9 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 		if opts.only, err = regexp.Compile(*only); err != nil {
 			return options{}, fmt.Errorf("-run: %w", err)
 		}
+	}
+	if opts.scale.cases, err = parseScaleCases(*scaleCases); err != nil {
+		return options{}, err
 	}
 	if err := opts.scale.validate(); err != nil {
 		return options{}, err
@@ -213,7 +217,7 @@ func runBench(ctx context.Context, opts options) (*report, error) {
 			return nil, err
 		}
 	}
-	if !opts.noScale {
+	if len(opts.scale.cases) > 0 {
 		if result.Scale, err = runScaleCases(ctx, env, opts); err != nil {
 			return nil, err
 		}
@@ -237,12 +241,12 @@ func runMatrix(ctx context.Context, env *benchEnv, opts options) ([]measurement,
 	var results []measurement
 	for _, clients := range opts.clients {
 		for _, w := range workloads {
-			m, err := measure(ctx, w, clients, opts.ops)
+			m, err := measure(ctx, w, clients, opts.ops, env.cpu)
 			if err != nil {
 				return nil, err
 			}
-			progressf(opts, "%-34s %-8s %3d clients %8.0f ops/s  p50 %6.2f ms  p99 %6.2f ms  %.2f round trips/op",
-				m.Operation, m.Design, m.Clients, m.OpsPerSecond, m.P50Ms, m.P99Ms, m.RoundTripsPerOp)
+			progressf(opts, "%-34s %-8s %3d clients %8.0f ops/s  p50 %6.2f ms  p99 %6.2f ms  %.2f round trips/op  %4.0f µs server CPU/op",
+				m.Operation, m.Design, m.Clients, m.OpsPerSecond, m.P50Ms, m.P99Ms, m.RoundTripsPerOp, m.ServerCPUMicros)
 			results = append(results, m)
 		}
 	}

@@ -145,6 +145,7 @@ func TestBaselineRoundTrips(t *testing.T) {
 	}{
 		{floorWorkloads(b.pool), opFloorUpsert, designFloor, 1},
 		{floorWorkloads(b.pool), opFloorSelect, designFloor, 1},
+		{floorWorkloads(b.pool), opFloorSelectRecord, designFloor, 1},
 		// Check, then BEGIN, SELECT ... FOR UPDATE, UPDATE, COMMIT.
 		{usualLockoutWorkloads(b.pool), opBeginFail, designUsual, 5},
 		{usualLockoutWorkloads(b.pool), opBeginSucceed, designUsual, 5},
@@ -266,11 +267,11 @@ func TestRunWritesReport(t *testing.T) {
 	require.NoError(t, json.Unmarshal(data, &result))
 
 	// Every workload at both client counts, and the purge once.
-	require.Len(t, result.Results, 2*14+1)
+	require.Len(t, result.Results, 2*15+1)
 	replay := result.find(opReplay, designPgguard, 1)
 	require.NotNil(t, replay)
 	require.NotNil(t, replay.Ratios)
-	require.Equal(t, opFloorSelect, replay.Ratios.Floor)
+	require.Equal(t, opFloorSelectRecord, replay.Ratios.Floor)
 	require.Equal(t, 1.0, replay.RoundTripsPerOp)
 
 	require.NotNil(t, result.Harness)

@@ -49,8 +49,8 @@ var floorOf = map[string]string{
 	opBeginSucceed: opFloorUpsert,
 	opBeginLocked:  opFloorSelect,
 	opFirstRequest: opFloorUpsert,
-	opReplay:       opFloorSelect,
-	opInFlight:     opFloorSelect,
+	opReplay:       opFloorSelectRecord,
+	opInFlight:     opFloorSelectRecord,
 }
 
 // find returns the measurement of operation and design at clients, or nil.
@@ -98,6 +98,7 @@ func printReport(w io.Writer, r *report) {
 		fmt.Fprintf(w, "redis:    %s\n", env.Redis)
 	}
 	fmt.Fprintf(w, "%d measured ops per row after a warm-up; latency per op; RT = database round trips\n", r.Ops)
+	fmt.Fprintf(w, "CPU µs/op = CPU time of the pool's Postgres backends per op (blank when the server's processes cannot be read)\n")
 	fmt.Fprintf(w, "calls÷floor = pgguard calls/s ÷ floor ops/s; p50÷floor = pgguard p50 ÷ (RT × floor p50)\n\n")
 
 	printMeasurements(w, r)
@@ -121,7 +122,7 @@ func formatSettings(settings map[string]string) string {
 
 // operationOrder is the order of the operations in the table.
 var operationOrder = []string{
-	opFloorUpsert, opFloorSelect,
+	opFloorUpsert, opFloorSelect, opFloorSelectRecord,
 	opBeginFail, opBeginSucceed, opBeginLocked,
 	opFirstRequest, opReplay, opInFlight, opPurge,
 }
@@ -130,7 +131,7 @@ var designOrder = []string{designPgguard, designUsual, designRedis, designFloor}
 
 func printMeasurements(w io.Writer, r *report) {
 	table := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(table, "operation\tdesign\tclients\tops/s\tp50 ms\tp99 ms\tRT/op\tcalls÷floor\tp50÷floor\t÷usual\t÷redis\t")
+	fmt.Fprintln(table, "operation\tdesign\tclients\tops/s\tp50 ms\tp99 ms\tRT/op\tCPU µs/op\tcalls÷floor\tp50÷floor\t÷usual\t÷redis\t")
 	for _, operation := range operationOrder {
 		for _, clients := range measuredClients(r, operation) {
 			for _, design := range designOrder {
@@ -138,8 +139,8 @@ func printMeasurements(w io.Writer, r *report) {
 				if m == nil {
 					continue
 				}
-				fmt.Fprintf(table, "%s\t%s\t%d\t%.0f\t%.2f\t%.2f\t%.2f\t%s\t%s\t%s\t%s\t\n",
-					m.Operation, m.Design, m.Clients, m.OpsPerSecond, m.P50Ms, m.P99Ms, m.RoundTripsPerOp,
+				fmt.Fprintf(table, "%s\t%s\t%d\t%.0f\t%.2f\t%.2f\t%.2f\t%s\t%s\t%s\t%s\t%s\t\n",
+					m.Operation, m.Design, m.Clients, m.OpsPerSecond, m.P50Ms, m.P99Ms, m.RoundTripsPerOp, formatCPU(m.ServerCPUMicros),
 					formatRatio(m.Ratios, func(r *ratios) float64 { return r.CallsVsFloor }),
 					formatRatio(m.Ratios, func(r *ratios) float64 { return r.P50VsFloor }),
 					formatRatio(m.Ratios, func(r *ratios) float64 { return r.VsUsual }),
@@ -167,6 +168,13 @@ func measuredClients(r *report, operation string) []int {
 		}
 	}
 	return clients
+}
+
+func formatCPU(micros float64) string {
+	if micros == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%.0f", micros)
 }
 
 func formatRatio(r *ratios, value func(*ratios) float64) string {

@@ -56,6 +56,10 @@ type measurement struct {
 	RoundTripsPerOp float64 `json:"round_trips_per_op"`
 	MinRoundTrips   int64   `json:"min_round_trips"`
 	MaxRoundTrips   int64   `json:"max_round_trips"`
+	// ServerCPUMicros is the CPU time the pool's Postgres backends used
+	// per op, in microseconds; 0 when the server's processes cannot be
+	// read (see serverCPU).
+	ServerCPUMicros float64 `json:"server_cpu_us_per_op,omitempty"`
 	// Prepares counts statements prepared during the measured ops, one
 	// extra round trip each; 0 once every connection of the pool has run
 	// the workload's statements.
@@ -81,15 +85,17 @@ func warmupOps(clients int) int {
 
 // measure runs warmupOps(clients) ops of w and then ops more, spread over
 // clients goroutines that each run one op at a time, and returns the
-// figures of the measured ops.
-func measure(ctx context.Context, w *workload, clients, ops int) (measurement, error) {
+// figures of the measured ops. cpu may be nil.
+func measure(ctx context.Context, w *workload, clients, ops int, cpu *serverCPU) (measurement, error) {
 	if _, err := runOps(ctx, w, clients, warmupOps(clients)); err != nil {
 		return measurement{}, fmt.Errorf("warm-up: %w", err)
 	}
+	cpuBefore, cpuKnown := cpu.used()
 	run, err := runOps(ctx, w, clients, ops)
 	if err != nil {
 		return measurement{}, err
 	}
+	cpuAfter, cpuKnownAfter := cpu.used()
 
 	m := measurement{
 		Operation:     w.operation,
@@ -109,6 +115,9 @@ func measure(ctx context.Context, w *workload, clients, ops int) (measurement, e
 		total += n
 	}
 	m.RoundTripsPerOp = float64(total) / float64(ops)
+	if cpuKnown && cpuKnownAfter {
+		m.ServerCPUMicros = float64(cpuAfter-cpuBefore) / float64(time.Microsecond) / float64(ops)
+	}
 	return m, nil
 }
 

@@ -4,11 +4,38 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"slices"
+	"strings"
 	"time"
 )
 
-// scaleOptions size the scale cases.
+// Names of the scale cases, for -scale.
+const (
+	scaleCaseSources  = "sources"
+	scaleCasePurge    = "purge"
+	scaleCaseSpraying = "spraying"
+)
+
+var allScaleCases = []string{scaleCaseSources, scaleCasePurge, scaleCaseSpraying}
+
+func parseScaleCases(list string) (map[string]bool, error) {
+	cases := map[string]bool{}
+	if list == "" {
+		return cases, nil
+	}
+	for name := range strings.SplitSeq(list, ",") {
+		name = strings.TrimSpace(name)
+		if !slices.Contains(allScaleCases, name) {
+			return nil, fmt.Errorf("-scale: unknown case %q; use some of %s", name, strings.Join(allScaleCases, ", "))
+		}
+		cases[name] = true
+	}
+	return cases, nil
+}
+
+// scaleOptions select and size the scale cases.
 type scaleOptions struct {
+	cases map[string]bool
 	// sources is how many sources failed against one email.
 	sources int
 	// records and expired size the idempotency table the purge runs on.
@@ -18,6 +45,12 @@ type scaleOptions struct {
 	accounts int
 	// insertTime is how long the purge case inserts without a purge.
 	insertTime time.Duration
+	// purgeBatch is the batch size of the purge case.
+	purgeBatch int
+	// purgePause, when positive, makes the purge case pause this long
+	// after each batch, as a throttled cleaner would, instead of calling
+	// Idempotency.PurgeExpired, which runs its batches back to back.
+	purgePause time.Duration
 }
 
 func (o scaleOptions) validate() error {
@@ -32,6 +65,10 @@ func (o scaleOptions) validate() error {
 		return fmt.Errorf("-scale-accounts is %d; use %d to %d", o.accounts, sprayingWindows, maxKeysPerSet)
 	case o.insertTime < 100*time.Millisecond:
 		return fmt.Errorf("-scale-insert-time is %s; use at least 100ms", o.insertTime)
+	case o.purgeBatch < 1:
+		return fmt.Errorf("-scale-purge-batch is %d; use a positive number of rows", o.purgeBatch)
+	case o.purgePause < 0:
+		return fmt.Errorf("-scale-purge-pause is %s; use 0 or a positive duration", o.purgePause)
 	}
 	return nil
 }
@@ -48,14 +85,20 @@ type scaleResults struct {
 func runScaleCases(ctx context.Context, env *benchEnv, opts options) (*scaleResults, error) {
 	results := &scaleResults{}
 	var err error
-	if results.ManySources, err = measureManySources(ctx, env, opts.scale.sources); err != nil {
-		return nil, fmt.Errorf("scale case with %d sources against one email: %w", opts.scale.sources, err)
+	if opts.scale.cases[scaleCaseSources] {
+		if results.ManySources, err = measureManySources(ctx, env, opts.scale.sources); err != nil {
+			return nil, fmt.Errorf("scale case with %d sources against one email: %w", opts.scale.sources, err)
+		}
 	}
-	if results.Purge, err = measurePurgeAtScale(ctx, env, opts.scale); err != nil {
-		return nil, fmt.Errorf("scale case of a purge while inserting: %w", err)
+	if opts.scale.cases[scaleCasePurge] {
+		if results.Purge, err = measurePurgeAtScale(ctx, env, opts.scale); err != nil {
+			return nil, fmt.Errorf("scale case of a purge while inserting: %w", err)
+		}
 	}
-	if results.Spraying, err = measureSpraying(ctx, env, opts.scale.accounts); err != nil {
-		return nil, fmt.Errorf("scale case of spraying %d accounts: %w", opts.scale.accounts, err)
+	if opts.scale.cases[scaleCaseSpraying] {
+		if results.Spraying, err = measureSpraying(ctx, env, opts.scale.accounts); err != nil {
+			return nil, fmt.Errorf("scale case of spraying %d accounts: %w", opts.scale.accounts, err)
+		}
 	}
 	return results, nil
 }

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pgguard/pgguard/dbgen"
 )
 
 // The inserts of the purge case arrive at a fixed rate, well below what the
@@ -15,9 +17,8 @@ import (
 // shows what the purge takes from them, not the length of a saturated
 // queue.
 const (
-	scaleInsertRate     = 400 // ops per second, all clients together
-	scaleInsertClients  = 8
-	scalePurgeBatchSize = 1000
+	scaleInsertRate    = 400 // ops per second, all clients together
+	scaleInsertClients = 8
 )
 
 // purgeScaleResult compares first requests, which insert records, while a
@@ -32,11 +33,13 @@ type purgeScaleResult struct {
 	Without    latencyStats `json:"inserts_without_purge"`
 	During     latencyStats `json:"inserts_during_purge"`
 	// P99Ratio is During.P99Ms divided by Without.P99Ms.
-	P99Ratio           float64 `json:"p99_ratio"`
-	PurgeSeconds       float64 `json:"purge_seconds"`
-	PurgedRows         int64   `json:"purged_rows"`
-	RowsPerSecond      float64 `json:"purged_rows_per_second"`
-	BatchSize          int     `json:"batch_size"`
+	P99Ratio      float64 `json:"p99_ratio"`
+	PurgeSeconds  float64 `json:"purge_seconds"`
+	PurgedRows    int64   `json:"purged_rows"`
+	RowsPerSecond float64 `json:"purged_rows_per_second"`
+	BatchSize     int     `json:"batch_size"`
+	// Pause is the pause after each batch; "0s" for PurgeExpired.
+	Pause              string  `json:"pause"`
 	Batches            int     `json:"batches"`
 	BatchP50Ms         float64 `json:"batch_p50_ms"`
 	BatchP99Ms         float64 `json:"batch_p99_ms"`
@@ -69,7 +72,8 @@ func measurePurgeAtScale(ctx context.Context, env *benchEnv, opts scaleOptions) 
 		Expired:    expired,
 		InsertRate: scaleInsertRate,
 		Clients:    scaleInsertClients,
-		BatchSize:  scalePurgeBatchSize,
+		BatchSize:  opts.purgeBatch,
+		Pause:      opts.purgePause.String(),
 	}
 	began := time.Now()
 	if err := seedRecords(ctx, env.pool, "scale-expired-", int64(expired), true); err != nil {
@@ -80,6 +84,11 @@ func measurePurgeAtScale(ctx context.Context, env *benchEnv, opts scaleOptions) 
 	}
 	if _, err := env.pool.Exec(ctx, `ANALYZE idempotency_records`); err != nil {
 		return nil, err
+	}
+	// Write the seeded rows out now, so that the checkpoint they would
+	// cause does not land in either measurement.
+	if _, err := env.pool.Exec(ctx, `CHECKPOINT`); err != nil {
+		env.progress("Scale: CHECKPOINT failed, so a checkpoint may fall into a measurement: %v", err)
 	}
 	result.SeedSeconds = time.Since(began).Seconds()
 
@@ -102,7 +111,11 @@ func measurePurgeAtScale(ctx context.Context, env *benchEnv, opts scaleOptions) 
 	go func() {
 		defer close(stop)
 		began := time.Now()
-		result.PurgedRows, purgeErr = env.idempotency.PurgeExpired(purgeCtx, scalePurgeBatchSize)
+		if opts.purgePause > 0 {
+			result.PurgedRows, purgeErr = purgeThrottled(purgeCtx, env, opts.purgeBatch, opts.purgePause)
+		} else {
+			result.PurgedRows, purgeErr = env.idempotency.PurgeExpired(purgeCtx, opts.purgeBatch)
+		}
 		result.PurgeSeconds = time.Since(began).Seconds()
 	}()
 	during, err := runPaced(ctx, insert, scaleInsertClients, scaleInsertRate, stop)
@@ -123,6 +136,28 @@ func measurePurgeAtScale(ctx context.Context, env *benchEnv, opts scaleOptions) 
 	result.RowsPerSecond = float64(result.PurgedRows) / result.PurgeSeconds
 	result.P99Ratio = result.During.P99Ms / result.Without.P99Ms
 	return result, nil
+}
+
+// purgeThrottled runs the DELETE statement of Idempotency.PurgeExpired
+// batch by batch, with a pause after each, until a batch deletes fewer than
+// batchSize rows.
+func purgeThrottled(ctx context.Context, env *benchEnv, batchSize int, pause time.Duration) (int64, error) {
+	queries := dbgen.New(env.pool)
+	var total int64
+	for {
+		deleted, err := queries.IdempotencyRecordDeleteExpired(ctx, dbgen.IdempotencyRecordDeleteExpiredParams{
+			MaxRows: int32(batchSize),
+		})
+		total += deleted
+		if err != nil || deleted < int64(batchSize) {
+			return total, err
+		}
+		select {
+		case <-ctx.Done():
+			return total, ctx.Err()
+		case <-time.After(pause):
+		}
+	}
 }
 
 // seedRecords inserts count completed records keyed "<prefix><n>". Expired
@@ -200,6 +235,6 @@ func printPurgeAtScale(w io.Writer, r *purgeScaleResult) {
 		r.Expired, r.Records, r.SeedSeconds, r.Clients, r.InsertRate)
 	fmt.Fprintf(w, "    inserts without purge: %d ops, p50 %.2f ms, p99 %.2f ms\n", r.Without.Ops, r.Without.P50Ms, r.Without.P99Ms)
 	fmt.Fprintf(w, "    inserts during purge:  %d ops, p50 %.2f ms, p99 %.2f ms   p99 ratio %.2f\n", r.During.Ops, r.During.P50Ms, r.During.P99Ms, r.P99Ratio)
-	fmt.Fprintf(w, "    purge: %d rows in %.1f s (%.0f rows/s), %d batches of up to %d, batch p50 %.2f ms, p99 %.2f ms, %.2f round trips per batch\n",
-		r.PurgedRows, r.PurgeSeconds, r.RowsPerSecond, r.Batches, r.BatchSize, r.BatchP50Ms, r.BatchP99Ms, r.RoundTripsPerBatch)
+	fmt.Fprintf(w, "    purge: %d rows in %.1f s (%.0f rows/s), %d batches of up to %d, pause %s, batch p50 %.2f ms, p99 %.2f ms, %.2f round trips per batch\n",
+		r.PurgedRows, r.PurgeSeconds, r.RowsPerSecond, r.Batches, r.BatchSize, r.Pause, r.BatchP50Ms, r.BatchP99Ms, r.RoundTripsPerBatch)
 }

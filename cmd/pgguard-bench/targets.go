@@ -69,7 +69,7 @@ func evaluateTargets(r *report) []target {
 	}
 
 	roundTrips(opReplay, 1)
-	ratio(opReplay, latencyClients, "p50 ÷ indexed select p50", p50VsFloor, "<=", 1.2)
+	ratio(opReplay, latencyClients, "p50 ÷ select of the record p50", p50VsFloor, "<=", 1.2)
 	roundTrips(opFirstRequest, 2)
 
 	if s := r.Scale; s != nil {
