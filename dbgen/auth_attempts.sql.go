@@ -90,6 +90,7 @@ UPDATE auth_account_counters
 SET
     failures_count = 0,
     pending_count = 0,
+    pending_since = NULL,
     lock_count = 0,
     locked_until = NULL,
     consecutive_failures = 0,
@@ -188,6 +189,7 @@ UPDATE auth_attempts
 SET
     failures_count = 0,
     pending_count = 0,
+    pending_since = NULL,
     lock_count = 0,
     locked_until = NULL,
     updated_at = coalesce($1::timestamptz, now())
@@ -640,6 +642,7 @@ UPDATE auth_source_counters
 SET
     failures_count = 0,
     pending_count = 0,
+    pending_since = NULL,
     lock_count = 0,
     locked_until = NULL,
     updated_at = coalesce($1::timestamptz, now())

@@ -288,6 +288,29 @@ func TestLockout(t *testing.T) {
 		require.Equal(t, 0, account.Pending)
 	})
 
+	t.Run("UnlockDuringAttemptCountsNothingLater", func(t *testing.T) {
+		t.Parallel()
+		b := setupLockout(t, service.LockoutConfig{})
+
+		first, err := b.lockout.Begin(b.ctx, service.ChannelPassword, "ivy@example.com", "192.0.2.22")
+		require.NoError(t, err)
+		_, err = b.lockout.UnlockAccount(b.ctx, "ivy@example.com")
+		require.NoError(t, err)
+		_, err = first.Fail(b.ctx)
+		require.NoError(t, err)
+
+		// Two live attempts a while later must not be taken for abandoned.
+		b.clock.Advance(2 * time.Minute)
+		for range 2 {
+			attempt, err := b.lockout.Begin(b.ctx, service.ChannelPassword, "ivy@example.com", "192.0.2.22")
+			require.NoError(t, err)
+			defer func() { require.NoError(t, attempt.Cancel(b.ctx)) }()
+		}
+		pair := b.pair(t, "ivy@example.com", "192.0.2.22")
+		require.Equal(t, 0, pair.Failures)
+		require.Equal(t, 2, pair.Pending)
+	})
+
 	t.Run("SuccessesDoNotKeepFailuresAlive", func(t *testing.T) {
 		t.Parallel()
 		b := setupLockout(t, service.LockoutConfig{})

@@ -270,7 +270,8 @@ func parseLockCursor(cursor string) (string, int64, error) {
 	}
 	tier, id, ok := strings.Cut(cursor, ":")
 	number, err := strconv.ParseInt(id, 10, 64)
-	if !ok || err != nil || tier == "" {
+	known := Tier(tier) == TierAccount || Tier(tier) == TierAccountSource || Tier(tier) == TierSource
+	if !ok || err != nil || !known || number < 1 {
 		return "", 0, invalidInput("cursor", fmt.Sprintf("%q is not a cursor returned by ListLocks", cursor))
 	}
 	return tier, number, nil
@@ -288,8 +289,8 @@ func (l *Lockout) PurgeIdle(ctx context.Context, retention time.Duration, batchS
 	if longest := l.longestWindow(); retention < longest {
 		return 0, invalidInput("retention", fmt.Sprintf("%s is shorter than the longest FailureWindow %s; idle counters must outlive it", retention, longest))
 	}
-	if batchSize < 1 {
-		return 0, invalidInput("batch size", fmt.Sprintf("%d; use a positive number of rows, for example 1000", batchSize))
+	if batchSize < 1 || batchSize > 1_000_000 {
+		return 0, invalidInput("batch size", fmt.Sprintf("%d; use a number of rows from 1 to 1000000, for example 1000", batchSize))
 	}
 	now, err := l.dbNow(ctx)
 	if err != nil {

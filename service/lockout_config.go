@@ -122,8 +122,9 @@ type LockoutConfig struct {
 
 	// KnownSourceWindow is how long after a successful login a source stays
 	// known to the account, which exempts it, for that account, from the
-	// account-wide lock, the source-wide lock and the hard lock. Defaults to
-	// 90 days.
+	// account-wide and source-wide locks. The hard lock applies to known
+	// sources too, because an attacker sharing the owner's address counts
+	// as known. Defaults to 90 days.
 	KnownSourceWindow time.Duration
 
 	// AttemptTimeout is how long an attempt may stay unsettled. Once the
@@ -249,12 +250,12 @@ func (c LockoutConfig) validate() error {
 	}
 
 	switch {
-	case c.KnownSourceWindow < 0:
-		return invalidConfig("KnownSourceWindow", "is %s; use a positive duration", c.KnownSourceWindow)
-	case c.StreakRetention < 0:
-		return invalidConfig("StreakRetention", "is %s; use a positive duration", c.StreakRetention)
-	case c.AttemptTimeout < time.Millisecond:
-		return invalidConfig("AttemptTimeout", "is %s; use a positive duration of at least 1ms", c.AttemptTimeout)
+	case c.KnownSourceWindow < 0 || c.KnownSourceWindow > maxPolicyDuration:
+		return invalidConfig("KnownSourceWindow", "is %s; use a positive duration up to 10 years", c.KnownSourceWindow)
+	case c.StreakRetention < 0 || c.StreakRetention > maxPolicyDuration:
+		return invalidConfig("StreakRetention", "is %s; use a positive duration up to 10 years", c.StreakRetention)
+	case c.AttemptTimeout < time.Millisecond || c.AttemptTimeout > maxPolicyDuration:
+		return invalidConfig("AttemptTimeout", "is %s; use a duration from 1ms to 10 years", c.AttemptTimeout)
 	case c.IPv6PrefixLen < 1 || c.IPv6PrefixLen > 128:
 		return invalidConfig("IPv6PrefixLen", "is %d; use a value from 1 to 128", c.IPv6PrefixLen)
 	}
@@ -281,16 +282,20 @@ func (p ChannelPolicy) validate(name string) error {
 	return nil
 }
 
+// maxPolicyDuration bounds every duration of a policy, far above any
+// sensible value, so that adding one to a timestamp cannot overflow.
+const maxPolicyDuration = 10 * 365 * 24 * time.Hour
+
 func (p TierPolicy) validate(name string) error {
 	switch {
 	case p.MaxFailures < 1 || p.MaxFailures > 1_000_000:
 		return invalidConfig(name+".MaxFailures", "is %d; use a value from 1 to 1000000", p.MaxFailures)
-	case p.FailureWindow < time.Millisecond:
-		return invalidConfig(name+".FailureWindow", "is %s; use a positive duration of at least 1ms", p.FailureWindow)
-	case p.LockDuration < time.Millisecond:
-		return invalidConfig(name+".LockDuration", "is %s; use a positive duration of at least 1ms", p.LockDuration)
-	case p.MaxLockDuration < p.LockDuration:
-		return invalidConfig(name+".MaxLockDuration", "is %s, shorter than LockDuration %s", p.MaxLockDuration, p.LockDuration)
+	case p.FailureWindow < time.Millisecond || p.FailureWindow > maxPolicyDuration:
+		return invalidConfig(name+".FailureWindow", "is %s; use a duration from 1ms to 10 years", p.FailureWindow)
+	case p.LockDuration < time.Millisecond || p.LockDuration > maxPolicyDuration:
+		return invalidConfig(name+".LockDuration", "is %s; use a duration from 1ms to 10 years", p.LockDuration)
+	case p.MaxLockDuration < p.LockDuration || p.MaxLockDuration > maxPolicyDuration:
+		return invalidConfig(name+".MaxLockDuration", "is %s; use a duration from LockDuration %s to 10 years", p.MaxLockDuration, p.LockDuration)
 	}
 	return nil
 }

@@ -25,9 +25,13 @@ type SourceResolver struct {
 // any client can send that header. Otherwise X-Forwarded-For (all its
 // lines, as one list) is read from right to left, skipping the trusted
 // proxies' own entries, and the first untrusted address is the client; if
-// every entry is trusted, the leftmost is. A malformed entry makes the
-// whole header untrustworthy, so the connection's address is returned.
+// every entry is trusted, the leftmost is. A malformed entry among those
+// the proxies wrote makes the header untrustworthy, so the connection's
+// address is returned; entries left of the client's are ignored.
 // IPv4-mapped IPv6 addresses are returned as IPv4.
+//
+// NOTE: a request that arrived over a unix socket has no peer address, so
+// ClientIP returns "" (the bucket of unknown sources) even behind a proxy.
 func (s SourceResolver) ClientIP(r *http.Request) string {
 	remote, ok := parseHostAddr(r.RemoteAddr)
 	if !ok {
@@ -41,24 +45,22 @@ func (s SourceResolver) ClientIP(r *http.Request) string {
 	for _, line := range r.Header.Values("X-Forwarded-For") {
 		hops = append(hops, strings.Split(line, ",")...)
 	}
-	if len(hops) == 0 {
-		return remote.String()
-	}
 
-	addrs := make([]netip.Addr, len(hops))
-	for i, hop := range hops {
-		addr, ok := parseHostAddr(strings.TrimSpace(hop))
+	// Only the entries up to the first untrusted one, read from the right,
+	// were written by trusted proxies; whatever stands left of it came from
+	// the client and is ignored, malformed or not.
+	client := remote
+	for i := len(hops) - 1; i >= 0; i-- {
+		addr, ok := parseHostAddr(strings.TrimSpace(hops[i]))
 		if !ok {
 			return remote.String()
 		}
-		addrs[i] = addr
-	}
-	for i := len(addrs) - 1; i >= 0; i-- {
-		if !s.trusted(addrs[i]) {
-			return addrs[i].String()
+		client = addr
+		if !s.trusted(addr) {
+			break
 		}
 	}
-	return addrs[0].String()
+	return client.String()
 }
 
 func (s SourceResolver) trusted(addr netip.Addr) bool {

@@ -45,7 +45,7 @@ func TestIdempotencyCommandErrors(t *testing.T) {
 
 	code, _, stderr = runCLI(t, "idempotency")
 	require.Equal(t, 2, code)
-	require.Contains(t, stderr, "pgguard idempotency needs an action")
+	require.Contains(t, stderr, "pgguard: idempotency needs an action")
 
 	code, _, stderr = runCLI(t, "idempotency", "purge")
 	require.Equal(t, 2, code)

@@ -47,35 +47,48 @@ var lockoutCommands = map[string]subcommand{
 	},
 }
 
-// newLockout connects and builds a Lockout with the default policy, which
-// every command here needs only for normalizing input and reading windows.
-func newLockout(ctx context.Context, env *environment) (*service.Lockout, error) {
+// policyFlags registers the settings of the application's LockoutConfig
+// that change what these commands do, so an application that changed
+// them can pass the same values. Unset flags keep the library defaults.
+func policyFlags(flags *flag.FlagSet) *service.LockoutConfig {
+	config := &service.LockoutConfig{}
+	flags.IntVar(&config.IPv6PrefixLen, "ipv6-prefix", 64, "prefix length the application counts IPv6 clients by (LockoutConfig.IPv6PrefixLen)")
+	flags.DurationVar(&config.KnownSourceWindow, "known-source-window", 90*24*time.Hour, "the application's LockoutConfig.KnownSourceWindow")
+	flags.DurationVar(&config.StreakRetention, "streak-retention", 90*24*time.Hour, "the application's LockoutConfig.StreakRetention")
+	return config
+}
+
+// newLockout connects and builds a Lockout with config. The commands use it
+// to normalize input and to read the windows that purging depends on.
+func newLockout(ctx context.Context, env *environment, config *service.LockoutConfig) (*service.Lockout, error) {
 	pool, err := env.connect(ctx)
 	if err != nil {
 		return nil, err
 	}
-	return service.NewLockout(pool, service.LockoutConfig{})
+	return service.NewLockout(pool, *config)
 }
 
-// oneArgument parses flags-free subcommands that take exactly one value.
-func oneArgument(name, what string, args []string) (string, error) {
-	flags := flag.NewFlagSet(name, flag.ContinueOnError)
-	flags.SetOutput(io.Discard)
+// oneArgument parses subcommands that take exactly one value after the
+// policy flags.
+func oneArgument(env *environment, name, what string, args []string) (string, *service.LockoutConfig, error) {
+	flags := flag.NewFlagSet("pgguard lockout "+name, flag.ContinueOnError)
+	flags.SetOutput(env.stderr)
+	config := policyFlags(flags)
 	if err := flags.Parse(args); err != nil {
-		return "", usagef("%v", err)
+		return "", nil, usagef("%v", err)
 	}
 	if flags.NArg() != 1 {
-		return "", usagef("pgguard lockout %s needs exactly one %s", name, what)
+		return "", nil, usagef("lockout %s needs exactly one %s", name, what)
 	}
-	return flags.Arg(0), nil
+	return flags.Arg(0), config, nil
 }
 
 func runLockoutStatus(ctx context.Context, env *environment, args []string) error {
-	email, err := oneArgument("status", "EMAIL", args)
+	email, config, err := oneArgument(env, "status", "EMAIL", args)
 	if err != nil {
 		return err
 	}
-	lockout, err := newLockout(ctx, env)
+	lockout, err := newLockout(ctx, env, config)
 	if err != nil {
 		return err
 	}
@@ -92,11 +105,11 @@ func runLockoutStatus(ctx context.Context, env *environment, args []string) erro
 }
 
 func runLockoutSourceStatus(ctx context.Context, env *environment, args []string) error {
-	ip, err := oneArgument("source", "IP (use \"\" for the bucket of unknown sources)", args)
+	ip, config, err := oneArgument(env, "source", "IP (use \"\" for the bucket of unknown sources)", args)
 	if err != nil {
 		return err
 	}
-	lockout, err := newLockout(ctx, env)
+	lockout, err := newLockout(ctx, env, config)
 	if err != nil {
 		return err
 	}
@@ -123,11 +136,11 @@ func printCounters(w io.Writer, statuses []service.CounterStatus) error {
 }
 
 func runLockoutUnlock(ctx context.Context, env *environment, args []string) error {
-	email, err := oneArgument("unlock", "EMAIL", args)
+	email, config, err := oneArgument(env, "unlock", "EMAIL", args)
 	if err != nil {
 		return err
 	}
-	lockout, err := newLockout(ctx, env)
+	lockout, err := newLockout(ctx, env, config)
 	if err != nil {
 		return err
 	}
@@ -141,11 +154,11 @@ func runLockoutUnlock(ctx context.Context, env *environment, args []string) erro
 }
 
 func runLockoutUnlockSource(ctx context.Context, env *environment, args []string) error {
-	ip, err := oneArgument("unlock-source", "IP", args)
+	ip, config, err := oneArgument(env, "unlock-source", "IP", args)
 	if err != nil {
 		return err
 	}
-	lockout, err := newLockout(ctx, env)
+	lockout, err := newLockout(ctx, env, config)
 	if err != nil {
 		return err
 	}
@@ -159,17 +172,18 @@ func runLockoutUnlockSource(ctx context.Context, env *environment, args []string
 }
 
 func runLockoutLocks(ctx context.Context, env *environment, args []string) error {
-	flags := flag.NewFlagSet("locks", flag.ContinueOnError)
+	flags := flag.NewFlagSet("pgguard lockout locks", flag.ContinueOnError)
 	flags.SetOutput(env.stderr)
+	config := policyFlags(flags)
 	limit := flags.Int("limit", 50, "maximum number of locks to list")
 	after := flags.String("after", "", "cursor printed at the end of the previous page")
 	if err := flags.Parse(args); err != nil {
 		return usagef("%v", err)
 	}
 	if flags.NArg() > 0 {
-		return usagef("pgguard lockout locks takes only flags, got %q", flags.Args())
+		return usagef("lockout locks takes only flags, got %q", flags.Args())
 	}
-	lockout, err := newLockout(ctx, env)
+	lockout, err := newLockout(ctx, env, config)
 	if err != nil {
 		return err
 	}
@@ -197,20 +211,20 @@ func runLockoutLocks(ctx context.Context, env *environment, args []string) error
 }
 
 func runLockoutPurge(ctx context.Context, env *environment, args []string) error {
-	flags := flag.NewFlagSet("purge", flag.ContinueOnError)
+	flags := flag.NewFlagSet("pgguard lockout purge", flag.ContinueOnError)
 	flags.SetOutput(env.stderr)
-	// The command knows only the default policy, so it checks retention
-	// against the default windows; an application with longer windows must
-	// pass a retention at least as long as its own.
+	config := policyFlags(flags)
+	// The command knows only the windows given by flags, so an application
+	// with longer failure windows must pass a retention at least as long.
 	retention := flags.Duration("retention", 48*time.Hour, "delete counters idle for longer than this; use at least the application's longest failure window (24h by default)")
 	batch := flags.Int("batch", 1000, "rows deleted per statement")
 	if err := flags.Parse(args); err != nil {
 		return usagef("%v", err)
 	}
 	if flags.NArg() > 0 {
-		return usagef("pgguard lockout purge takes only flags, got %q", flags.Args())
+		return usagef("lockout purge takes only flags, got %q", flags.Args())
 	}
-	lockout, err := newLockout(ctx, env)
+	lockout, err := newLockout(ctx, env, config)
 	if err != nil {
 		return err
 	}

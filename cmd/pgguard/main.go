@@ -188,7 +188,7 @@ func runGroup(ctx context.Context, env *environment, group string, subs map[stri
 		fmt.Fprintf(w, "  pgguard %s %s\n", group, subs[name].usage)
 	}
 	if w == env.stderr || len(args) == 0 {
-		return usagef("pgguard %s needs an action", group)
+		return usagef("%s needs an action", group)
 	}
 	return nil
 }

@@ -69,7 +69,7 @@ func TestCommandErrors(t *testing.T) {
 
 	code, _, stderr := runCLI(t, "lockout", "status")
 	require.Equal(t, 2, code)
-	require.Equal(t, "pgguard: pgguard lockout status needs exactly one EMAIL\n", stderr)
+	require.Equal(t, "pgguard: lockout status needs exactly one EMAIL\n", stderr)
 
 	code, _, stderr = runCLI(t, "lockout", "unlock", "a@example.com")
 	require.Equal(t, 2, code)

@@ -127,9 +127,11 @@ CREATE TYPE auth_login_failure AS (
 
 -- The lock that rejects an attempt of (p_email, p_ip) on any channel right
 -- now, the one ending last first, or no row. A lock on any channel applies
--- to every channel. The account-wide lock, the hard lock and the
--- source-wide lock spare a known source, so neither an attacker elsewhere
--- nor one behind the owner's shared address can lock the owner out.
+-- to every channel. The account-wide and source-wide locks spare a known
+-- source, so neither an attacker elsewhere nor one sharing the owner's
+-- address can lock the owner out with them. The hard lock spares no one:
+-- an attacker sharing the owner's address counts as known, so sparing
+-- known sources would let that attacker guess without end.
 CREATE FUNCTION auth_login_active_lock(p_email text, p_ip inet, p_now timestamptz, p_known boolean)
 RETURNS TABLE (tier text, locked_until timestamptz)
 LANGUAGE sql STABLE
@@ -137,7 +139,7 @@ AS $$
     SELECT l.tier, l.locked_until FROM (
         SELECT 'hard' AS tier, 'infinity'::timestamptz AS locked_until
         FROM auth_account_counters
-        WHERE email = p_email AND hard_locked_at IS NOT NULL AND NOT p_known
+        WHERE email = p_email AND hard_locked_at IS NOT NULL
         UNION ALL
         SELECT 'account', locked_until
         FROM auth_account_counters
@@ -325,9 +327,7 @@ BEGIN
     -- threshold here; engage those locks as a failure would.
     IF v_consecutive >= p_hard_lock_after AND a.hard_locked_at IS NULL THEN
         a.hard_locked_at := v_now;
-        IF NOT v_known THEN
-            v_tier := 'hard';
-        END IF;
+        v_tier := 'hard';
     END IF;
     IF a_norm.failures_count >= p_account_max THEN
         a.locked_until := v_now + auth_attempt_lock_duration(a_norm.lock_count, p_account_lock_ms, p_account_lock_max_ms);
@@ -367,9 +367,11 @@ BEGIN
             a_norm.pending_count := a_norm.pending_count + 1;
             p_norm.pending_count := p_norm.pending_count + 1;
             s_norm.pending_count := s_norm.pending_count + 1;
-            a_norm.pending_since := coalesce(a_norm.pending_since, v_now);
-            p_norm.pending_since := coalesce(p_norm.pending_since, v_now);
-            s_norm.pending_since := coalesce(s_norm.pending_since, v_now);
+            -- The first reservation in flight starts the clock; an operator
+            -- unlock may have left a stale time behind a zero count.
+            a_norm.pending_since := CASE WHEN a_norm.pending_count = 1 THEN v_now ELSE a_norm.pending_since END;
+            p_norm.pending_since := CASE WHEN p_norm.pending_count = 1 THEN v_now ELSE p_norm.pending_since END;
+            s_norm.pending_since := CASE WHEN s_norm.pending_count = 1 THEN v_now ELSE s_norm.pending_since END;
             a.last_attempt_at := v_now;
             p.last_attempt_at := v_now;
             s.last_attempt_at := v_now;

@@ -143,6 +143,7 @@ UPDATE auth_account_counters
 SET
     failures_count = 0,
     pending_count = 0,
+    pending_since = NULL,
     lock_count = 0,
     locked_until = NULL,
     consecutive_failures = 0,
@@ -157,6 +158,7 @@ UPDATE auth_attempts
 SET
     failures_count = 0,
     pending_count = 0,
+    pending_since = NULL,
     lock_count = 0,
     locked_until = NULL,
     updated_at = coalesce(sqlc.narg('now')::timestamptz, now())
@@ -168,6 +170,7 @@ UPDATE auth_source_counters
 SET
     failures_count = 0,
     pending_count = 0,
+    pending_since = NULL,
     lock_count = 0,
     locked_until = NULL,
     updated_at = coalesce(sqlc.narg('now')::timestamptz, now())
