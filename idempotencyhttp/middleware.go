@@ -18,10 +18,20 @@ import (
 	"github.com/pgguard/pgguard/service"
 )
 
-// settleTimeout bounds the statement that settles a claim after the
-// handler returned. It runs even when the client has gone, because an
+// settleTimeout bounds the statements that settle a claim after the
+// handler returned. They run even when the client has gone, because an
 // unsettled claim blocks its key until the lease ends.
 const settleTimeout = 10 * time.Second
+
+// settleAttempts is how many times the middleware tries to settle a claim
+// while the database is unavailable, as after a killed connection. It
+// tries again only when the database certainly did not apply the earlier
+// try; see [service.Claim].
+const settleAttempts = 3
+
+// settleRetryPause is the pause before the second try to settle a claim;
+// each later try waits twice as long as the one before.
+const settleRetryPause = 50 * time.Millisecond
 
 // Config is the configuration of a [Middleware]. A zero field takes its
 // default, except Idempotency, which is required.
@@ -263,22 +273,44 @@ func (h *routeHandler) serveLease(w http.ResponseWriter, r *http.Request, req se
 }
 
 // settle ends claim with outcome before the response is sent, so a client
-// that retries after reading the response finds it stored. A settle that
-// fails is logged: the handler's response is still sent.
+// that retries after reading the response finds it stored. While the
+// database is unavailable it tries up to settleAttempts times. A settle
+// that still fails is logged and the handler's response is sent anyway:
+// the claim then ends with its lease.
 func (m *Middleware) settle(ctx context.Context, r *http.Request, claim *service.Claim, outcome Outcome, rec *recorder) {
-	var err error
+	var settleOnce func() error
 	switch {
 	case outcome == OutcomeRelease:
-		err = claim.Release(ctx)
+		settleOnce = func() error { return claim.Release(ctx) }
 	case outcome == OutcomeUnknown:
-		err = claim.MarkOutcomeUnknown(ctx)
+		settleOnce = func() error { return claim.MarkOutcomeUnknown(ctx) }
 	case rec.overflowed:
 		// The body went to the client without being buffered whole.
 		m.config.Logger.LogAttrs(r.Context(), slog.LevelWarn, "pgguard: idempotent response too large to store; retries get result unavailable",
 			routeAttrs(r, slog.Int("max_response_bytes", m.maxResponseBytes))...)
-		err = claim.MarkResultUnavailable(ctx, rec.statusCode())
+		settleOnce = func() error { return claim.MarkResultUnavailable(ctx, rec.statusCode()) }
 	default:
-		err = claim.Complete(ctx, rec.response())
+		response := rec.response()
+		settleOnce = func() error { return claim.Complete(ctx, response) }
+	}
+
+	err := settleOnce()
+	pause := settleRetryPause
+	for attempt := 2; attempt <= settleAttempts && errors.Is(err, service.ErrUnavailable); attempt++ {
+		m.config.Logger.LogAttrs(r.Context(), slog.LevelWarn, "pgguard: failed to settle idempotency claim; trying again",
+			routeAttrs(r, slog.String("outcome", outcome.String()), slog.Int("attempt", attempt), slog.Any("error", err))...)
+		if !sleepContext(ctx, pause) {
+			break
+		}
+		pause *= 2
+
+		retryErr := settleOnce()
+		if errors.Is(retryErr, service.ErrClaimSettled) {
+			// The database may have applied the earlier try, so the
+			// claim rejects another; its error stands.
+			break
+		}
+		err = retryErr
 	}
 
 	switch {
@@ -339,10 +371,16 @@ func (h *routeHandler) serveAtomic(w http.ResponseWriter, r *http.Request, req s
 		m.writeStreamingRefused(w)
 	case rec != nil:
 		// The handler ran, but storing its response or the commit failed,
-		// so its writes were rolled back and its response must not be
-		// sent.
+		// so its writes were rolled back (or, when the connection was lost
+		// during COMMIT, maybe committed with the response) and its
+		// response must not be sent. A retry with the same key either
+		// runs again or replays.
 		m.config.Logger.LogAttrs(r.Context(), slog.LevelError, "pgguard: failed to commit idempotent transaction",
 			routeAttrs(r, slog.Any("error", err))...)
+		if errors.Is(err, service.ErrUnavailable) {
+			m.writeUnavailable(w)
+			return
+		}
 		m.writeInternalError(w)
 	default:
 		m.writeClaimError(w, r, err)
@@ -373,6 +411,11 @@ func (m *Middleware) writeClaimError(w http.ResponseWriter, r *http.Request, err
 	case errors.As(err, &invalid):
 		name = ProblemInvalidRequest
 		m.writeProblem(w, name, http.StatusBadRequest, "Invalid request", inputDetail(err))
+	case errors.Is(err, service.ErrUnavailable):
+		name = ProblemUnavailable
+		m.config.Logger.LogAttrs(r.Context(), slog.LevelError, "pgguard: failed to claim idempotency key; database unavailable",
+			routeAttrs(r, slog.Any("error", err))...)
+		m.writeUnavailable(w)
 	default:
 		name = ProblemInternalError
 		m.config.Logger.LogAttrs(r.Context(), slog.LevelError, "pgguard: failed to claim idempotency key",
@@ -456,6 +499,19 @@ func serveRecovering(next http.Handler, w http.ResponseWriter, r *http.Request) 
 	}()
 	next.ServeHTTP(w, r)
 	return nil, false
+}
+
+// sleepContext waits for d and returns true, or returns false as soon as
+// ctx ends.
+func sleepContext(ctx context.Context, d time.Duration) bool {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // writeReplay sends a stored response marked Idempotent-Replayed: true.

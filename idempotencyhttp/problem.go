@@ -44,9 +44,19 @@ const (
 	// ProblemStreamingRefused (500): the handler tried to stream its
 	// response; see ErrStreamingRefused.
 	ProblemStreamingRefused = "idempotency-streaming-refused"
-	// ProblemInternalError (500): the database failed. The error is logged.
+	// ProblemUnavailable (503, with Retry-After): the database could not be
+	// reached or did not respond in time (service.ErrUnavailable). A retry
+	// with the same key is safe. The error is logged.
+	ProblemUnavailable = "idempotency-unavailable"
+	// ProblemInternalError (500): the database failed in another way. The
+	// error is logged.
 	ProblemInternalError = "internal-error"
 )
+
+// unavailableRetryAfter is the Retry-After of a ProblemUnavailable
+// response: long enough for a pool to replace killed connections, short
+// enough not to outlast a brief failover by much.
+const unavailableRetryAfter = 5 * time.Second
 
 // problemContentType is the media type of RFC 9457 problem details in JSON.
 const problemContentType = "application/problem+json"
@@ -84,6 +94,12 @@ func (m *Middleware) writeInFlight(w http.ResponseWriter, retryAfter time.Durati
 	w.Header().Set("Retry-After", strconv.Itoa(int(retryAfter/time.Second)))
 	m.writeProblem(w, ProblemRequestInFlight, http.StatusConflict, "Request in progress",
 		"A request with this Idempotency-Key is still running. Retry with the same key after the number of seconds in Retry-After to get its response.")
+}
+
+func (m *Middleware) writeUnavailable(w http.ResponseWriter) {
+	w.Header().Set("Retry-After", strconv.Itoa(int(unavailableRetryAfter/time.Second)))
+	m.writeProblem(w, ProblemUnavailable, http.StatusServiceUnavailable, "Idempotency store unavailable",
+		"The server cannot reach the database that stores Idempotency-Keys right now. Retry with the same key after the number of seconds in Retry-After.")
 }
 
 func (m *Middleware) writeInternalError(w http.ResponseWriter) {

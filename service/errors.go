@@ -145,6 +145,15 @@ func isUnavailable(err error) bool {
 		pgconn.SafeToRetry(err)
 }
 
+// settleNotApplied reports whether a failed settle statement certainly
+// changed nothing, so that calling it again cannot apply it twice: pgx sent
+// nothing, or the server reported an error, which rolled the statement back.
+// After a connection lost mid-call the outcome is unknown.
+func settleNotApplied(err error) bool {
+	var pgErr *pgconn.PgError
+	return pgconn.SafeToRetry(err) || errors.As(err, &pgErr)
+}
+
 func invalidInput(field, problem string) error {
 	return &InputError{Field: field, Problem: problem}
 }

@@ -207,7 +207,11 @@ type StoredResponse struct {
 
 // Claim is the right to run the handler for a key, held until its lease
 // ends. Settle it with exactly one of Complete, Release,
-// MarkResultUnavailable or MarkOutcomeUnknown.
+// MarkResultUnavailable or MarkOutcomeUnknown. A settle that fails with an
+// error matching [ErrUnavailable] may be called again when the database
+// certainly did not apply it (nothing was sent, or the server reported an
+// error); otherwise the second call returns [ErrClaimSettled], and a claim
+// whose settle was lost ends with its lease.
 type Claim struct {
 	idempotency *Idempotency
 	id          int64
@@ -227,7 +231,9 @@ type Claim struct {
 //   - [ErrResultUnavailable] when its response was too large to store;
 //   - an *InputError ([ErrInvalidInput]) for a bad key, method, route,
 //     scope or lease;
-//   - a database error.
+//   - an error matching [ErrUnavailable] when the database could not be
+//     reached or did not respond in time, after which a retry is safe;
+//   - another database error.
 //
 // A record whose RecordTTL has passed is replaced by a new claim.
 func (s *Idempotency) Begin(ctx context.Context, req Request) (*Claim, *StoredResponse, error) {
@@ -258,10 +264,12 @@ func (c *Claim) Complete(ctx context.Context, response StoredResponse) error {
 	if err := validateStatus(response.Status); err != nil {
 		return err
 	}
-	if !c.settled.CompareAndSwap(false, true) {
-		return ErrClaimSettled
+	if err := c.startSettle(ctx); err != nil {
+		return err
 	}
-	return c.idempotency.complete(ctx, c.idempotency.queries, c.id, c.lockToken, response)
+	err := c.idempotency.complete(ctx, c.idempotency.queries, c.id, c.lockToken, response)
+	c.allowRetry(err)
+	return err
 }
 
 // MarkResultUnavailable ends the claim of a handler that finished with a
@@ -274,10 +282,12 @@ func (c *Claim) MarkResultUnavailable(ctx context.Context, status int) error {
 	if err := validateStatus(status); err != nil {
 		return err
 	}
-	if !c.settled.CompareAndSwap(false, true) {
-		return ErrClaimSettled
+	if err := c.startSettle(ctx); err != nil {
+		return err
 	}
-	return c.idempotency.markResultUnavailable(ctx, c.idempotency.queries, c.id, c.lockToken, status)
+	err := c.idempotency.markResultUnavailable(ctx, c.idempotency.queries, c.id, c.lockToken, status)
+	c.allowRetry(err)
+	return err
 }
 
 // MarkOutcomeUnknown ends the claim of a handler that failed after it may
@@ -286,8 +296,8 @@ func (c *Claim) MarkResultUnavailable(ctx context.Context, status int) error {
 // person or a reconciliation job has to find out what happened. It returns
 // [ErrLeaseLost] like Complete.
 func (c *Claim) MarkOutcomeUnknown(ctx context.Context) error {
-	if !c.settled.CompareAndSwap(false, true) {
-		return ErrClaimSettled
+	if err := c.startSettle(ctx); err != nil {
+		return err
 	}
 	s := c.idempotency
 
@@ -297,7 +307,8 @@ func (c *Claim) MarkOutcomeUnknown(ctx context.Context) error {
 		LockToken: uuid.NullUUID{UUID: c.lockToken, Valid: true},
 	})
 	if err != nil {
-		return fmt.Errorf("pgguard: failed to mark the idempotency record's outcome unknown: %w", err)
+		c.allowRetry(err)
+		return unavailable("mark the idempotency record's outcome unknown", err)
 	}
 	if updated == 0 {
 		return s.lostClaim(ctx, c.id)
@@ -309,8 +320,8 @@ func (c *Claim) MarkOutcomeUnknown(ctx context.Context) error {
 // when the handler failed before it changed anything. It returns
 // [ErrLeaseLost] when another request already took the key over.
 func (c *Claim) Release(ctx context.Context) error {
-	if !c.settled.CompareAndSwap(false, true) {
-		return ErrClaimSettled
+	if err := c.startSettle(ctx); err != nil {
+		return err
 	}
 	s := c.idempotency
 
@@ -319,12 +330,36 @@ func (c *Claim) Release(ctx context.Context) error {
 		LockToken: uuid.NullUUID{UUID: c.lockToken, Valid: true},
 	})
 	if err != nil {
-		return fmt.Errorf("pgguard: failed to release idempotency key: %w", err)
+		c.allowRetry(err)
+		return unavailable("release idempotency key", err)
 	}
 	if deleted == 0 {
 		return ErrLeaseLost
 	}
 	return nil
+}
+
+// startSettle marks the claim settled, or returns ErrClaimSettled when it
+// was already. A ctx that has ended returns its error and leaves the claim
+// unsettled, because nothing was sent.
+func (c *Claim) startSettle(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("pgguard: idempotency claim not settled: %w", err)
+	}
+	if !c.settled.CompareAndSwap(false, true) {
+		return ErrClaimSettled
+	}
+	return nil
+}
+
+// allowRetry lets the caller settle the claim again after err when the
+// database certainly did not apply the settle; see [settleNotApplied].
+// Otherwise the claim stays settled and, if the settle was lost, ends with
+// its lease.
+func (c *Claim) allowRetry(err error) {
+	if err != nil && settleNotApplied(err) {
+		c.settled.Store(false)
+	}
 }
 
 // PurgeExpired deletes records past their RecordTTL, batchSize rows per
@@ -345,7 +380,7 @@ func (s *Idempotency) PurgeExpired(ctx context.Context, batchSize int) (int64, e
 		})
 		total += deleted
 		if err != nil {
-			return total, fmt.Errorf("pgguard: failed to purge expired idempotency records: %w", err)
+			return total, unavailable("purge expired idempotency records", err)
 		}
 		if deleted < int64(batchSize) {
 			return total, nil
@@ -489,7 +524,7 @@ func (s *Idempotency) complete(ctx context.Context, queries *dbgen.Queries, id i
 
 	updated, err := queries.IdempotencyRecordComplete(ctx, params)
 	if err != nil {
-		return fmt.Errorf("pgguard: failed to store idempotent response: %w", err)
+		return unavailable("store idempotent response", err)
 	}
 	if updated == 0 {
 		return s.lostClaim(ctx, id)
@@ -505,7 +540,7 @@ func (s *Idempotency) markResultUnavailable(ctx context.Context, queries *dbgen.
 		ResponseStatus: ptr(int32(status)),
 	})
 	if err != nil {
-		return fmt.Errorf("pgguard: failed to mark the idempotency record's result unavailable: %w", err)
+		return unavailable("mark the idempotency record's result unavailable", err)
 	}
 	if updated == 0 {
 		return s.lostClaim(ctx, id)
@@ -529,7 +564,7 @@ func claimError(err error) error {
 	if errors.As(err, &pgErr) && pgErr.Code == "40001" { // serialization_failure
 		return &InFlightError{RetryAfter: time.Second}
 	}
-	return fmt.Errorf("pgguard: failed to claim idempotency key: %w", err)
+	return unavailable("claim idempotency key", err)
 }
 
 // inFlightRetryAfter rounds the time left on a lease down to whole seconds,

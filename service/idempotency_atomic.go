@@ -33,11 +33,20 @@ type TxBeginner interface {
 //   - A completed key returns its stored response; otherwise Do returns the
 //     errors of Begin.
 //
-// A response longer than MaxResponseBytes commits fn's writes but is not
-// stored, as with [Claim.Complete]. Do expects the database's default READ
-// COMMITTED isolation. Under REPEATABLE READ or SERIALIZABLE, a concurrent
-// duplicate fails with a serialization error, which Do returns as an
-// *InFlightError. NewIdempotency's db must implement [TxBeginner], or Do
+// A response that [Claim.Complete] would not store, such as one longer
+// than MaxResponseBytes, commits fn's writes but is not stored. A status
+// outside 100..599 returns an *InputError and rolls back.
+//
+// When one of Do's own statements fails because the database is
+// unavailable, Do returns an error matching [ErrUnavailable] (fn's errors
+// stay unchanged). A retry with the same key is safe: the transaction
+// either rolled back, so the retry runs fn again, or, when the connection
+// was lost during COMMIT, it may have committed, so the retry replays fn's
+// response.
+//
+// Do expects the database's default READ COMMITTED isolation. Under
+// REPEATABLE READ or SERIALIZABLE, a concurrent duplicate fails with a
+// serialization error, which Do returns as an *InFlightError. NewIdempotency's db must implement [TxBeginner], or Do
 // returns an error wrapping [ErrInvalidConfig].
 func (s *Idempotency) Do(
 	ctx context.Context,
@@ -54,7 +63,7 @@ func (s *Idempotency) Do(
 
 	tx, err := s.beginner.Begin(ctx)
 	if err != nil {
-		return StoredResponse{}, false, fmt.Errorf("pgguard: failed to begin the idempotent transaction: %w", err)
+		return StoredResponse{}, false, unavailable("begin the idempotent transaction", err)
 	}
 	// After a commit Rollback returns pgx.ErrTxClosed and does nothing.
 	defer s.rollback(ctx, tx)
@@ -84,7 +93,7 @@ func (s *Idempotency) Do(
 		return StoredResponse{}, false, err
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return StoredResponse{}, false, fmt.Errorf("pgguard: failed to commit the idempotent transaction: %w", err)
+		return StoredResponse{}, false, unavailable("commit the idempotent transaction", err)
 	}
 	return response, false, nil
 }

@@ -9,8 +9,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
-
 	"github.com/pgguard/pgguard/dbgen"
 )
 
@@ -329,8 +327,7 @@ func (a *Attempt) settle(ctx context.Context, success, rememberSource bool) erro
 // attempt then stays settled, and if the settle was lost it counts as a
 // failure after AttemptTimeout.
 func (a *Attempt) allowRetry(err error) {
-	var pgErr *pgconn.PgError
-	if pgconn.SafeToRetry(err) || errors.As(err, &pgErr) {
+	if settleNotApplied(err) {
 		a.settled.Store(false)
 	}
 }
