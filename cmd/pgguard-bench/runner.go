@@ -123,6 +123,7 @@ func measure(ctx context.Context, w *workload, clients, ops int, cpu *serverCPU)
 
 // opsRun holds the raw figures of runOps, one entry per op.
 type opsRun struct {
+	began      time.Time
 	elapsed    time.Duration
 	prepares   int64
 	latencies  []time.Duration
@@ -178,6 +179,7 @@ func runOps(ctx context.Context, w *workload, clients, ops int) (opsRun, error) 
 	began = time.Now()
 	close(start)
 	wg.Wait()
+	run.began = began
 	run.elapsed = time.Since(began)
 	run.prepares = prepares.Load()
 	if err := context.Cause(ctx); err != nil {

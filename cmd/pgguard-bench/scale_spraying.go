@@ -49,6 +49,9 @@ type sprayingWindow struct {
 	OpsPerSecond float64 `json:"ops_per_second"`
 	P50Ms        float64 `json:"p50_ms"`
 	P99Ms        float64 `json:"p99_ms"`
+	// ServerCPUMicros is the backends' CPU time per op over the window's
+	// span, interpolated between samples; 0 where it cannot be read.
+	ServerCPUMicros float64 `json:"server_cpu_us_per_op,omitempty"`
 }
 
 // measureSpraying runs Begin+Fail once for each of accounts new accounts,
@@ -75,7 +78,9 @@ func measureSpraying(ctx context.Context, env *benchEnv, accounts int) (*sprayin
 		_, err = attempt.Fail(ctx)
 		return err
 	}}
+	sampler := startCPUSampler(env.cpu)
 	run, err := runOps(ctx, spray, sprayingClients, accounts)
+	samples := sampler.stop()
 	if err != nil {
 		return nil, err
 	}
@@ -95,7 +100,7 @@ func measureSpraying(ctx context.Context, env *benchEnv, accounts int) (*sprayin
 
 	size := accounts / sprayingWindows
 	for first := 0; first+size <= accounts; first += size {
-		result.Windows = append(result.Windows, windowOf(run, first, first+size))
+		result.Windows = append(result.Windows, windowOf(run, samples, first, first+size))
 	}
 	firstWindow, lastWindow := result.Windows[0], result.Windows[len(result.Windows)-1]
 	result.P50Ratio = lastWindow.P50Ms / firstWindow.P50Ms
@@ -104,29 +109,34 @@ func measureSpraying(ctx context.Context, env *benchEnv, accounts int) (*sprayin
 }
 
 // windowOf summarizes ops from to to-1 of run. Their throughput is their
-// count over the time from the first one's start to the last one's end.
-func windowOf(run opsRun, from, to int) sprayingWindow {
+// count over the time from the first one's start to the last one's end,
+// and their server CPU the CPU samples' growth over that span.
+func windowOf(run opsRun, samples cpuSamples, from, to int) sprayingWindow {
 	latencies := run.latencies[from:to]
 	var earliest, latest time.Duration = math.MaxInt64, 0
 	for i := from; i < to; i++ {
 		earliest = min(earliest, run.finished[i]-run.latencies[i])
 		latest = max(latest, run.finished[i])
 	}
-	return sprayingWindow{
+	window := sprayingWindow{
 		FirstOp:      from,
 		Ops:          to - from,
 		OpsPerSecond: float64(to-from) / (latest - earliest).Seconds(),
 		P50Ms:        milliseconds(percentile(latencies, 50)),
 		P99Ms:        milliseconds(percentile(latencies, 99)),
 	}
+	if used, ok := samples.between(run.began.Add(earliest), run.began.Add(latest)); ok {
+		window.ServerCPUMicros = float64(used) / float64(time.Microsecond) / float64(to-from)
+	}
+	return window
 }
 
 func printSpraying(w io.Writer, r *sprayingResult) {
 	fmt.Fprintf(w, "  spraying %d accounts from %d sources with %d clients (Begin+Fail): %.0f ops/s, %.2f round trips/op, %.0f s\n",
 		r.Accounts, r.Sources, r.Clients, r.OpsPerSecond, r.RoundTrips, r.Seconds)
 	for _, window := range r.Windows {
-		fmt.Fprintf(w, "    attempts %7d+: %6.0f ops/s  p50 %.2f ms  p99 %.2f ms\n",
-			window.FirstOp, window.OpsPerSecond, window.P50Ms, window.P99Ms)
+		fmt.Fprintf(w, "    attempts %7d+: %6.0f ops/s  p50 %6.2f ms  p99 %6.2f ms  %4.0f µs server CPU/op\n",
+			window.FirstOp, window.OpsPerSecond, window.P50Ms, window.P99Ms, window.ServerCPUMicros)
 	}
 	fmt.Fprintf(w, "    last window vs first: p50 ratio %.2f, ops/s ratio %.2f\n", r.P50Ratio, r.OpsRatio)
 }

@@ -75,3 +75,89 @@ func (c *serverCPU) used() (time.Duration, bool) {
 	}
 	return total, true
 }
+
+// cpuSampleInterval is how often a cpuSampler reads the backends' CPU time.
+const cpuSampleInterval = 100 * time.Millisecond
+
+// cpuSample is the backends' CPU time at a moment.
+type cpuSample struct {
+	at   time.Time
+	used time.Duration
+}
+
+type cpuSamples []cpuSample
+
+// cpuSampler reads a serverCPU periodically in the background, so that
+// parts of a long run can be charged their CPU time afterwards.
+type cpuSampler struct {
+	cpu     *serverCPU
+	samples cpuSamples
+	done    chan struct{}
+	stopped chan struct{}
+}
+
+// startCPUSampler starts sampling cpu, which may be nil.
+func startCPUSampler(cpu *serverCPU) *cpuSampler {
+	s := &cpuSampler{cpu: cpu, done: make(chan struct{}), stopped: make(chan struct{})}
+	// The first sample is taken before the run it measures starts.
+	s.sample()
+	go func() {
+		defer close(s.stopped)
+		ticker := time.NewTicker(cpuSampleInterval)
+		defer ticker.Stop()
+		for {
+			select {
+			case <-s.done:
+				s.sample()
+				return
+			case <-ticker.C:
+				s.sample()
+			}
+		}
+	}()
+	return s
+}
+
+func (s *cpuSampler) sample() {
+	if used, ok := s.cpu.used(); ok {
+		s.samples = append(s.samples, cpuSample{at: time.Now(), used: used})
+	}
+}
+
+// stop ends the sampling and returns the samples.
+func (s *cpuSampler) stop() cpuSamples {
+	close(s.done)
+	<-s.stopped
+	return s.samples
+}
+
+// between returns the CPU time used from from to to, interpolating
+// linearly between the samples around each end, and false when the
+// samples do not cover the span.
+func (samples cpuSamples) between(from, to time.Time) (time.Duration, bool) {
+	start, ok := samples.at(from)
+	if !ok {
+		return 0, false
+	}
+	end, ok := samples.at(to)
+	if !ok {
+		return 0, false
+	}
+	return end - start, true
+}
+
+func (samples cpuSamples) at(moment time.Time) (time.Duration, bool) {
+	for i := 1; i < len(samples); i++ {
+		before, after := samples[i-1], samples[i]
+		if moment.Before(before.at) || moment.After(after.at) {
+			continue
+		}
+		span := after.at.Sub(before.at)
+		if span == 0 {
+			return before.used, true
+		}
+		fraction := float64(moment.Sub(before.at)) / float64(span)
+		return before.used + time.Duration(fraction*float64(after.used-before.used)), true
+	}
+	return 0, false
+}
