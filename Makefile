@@ -102,10 +102,24 @@ status: ## Show applied and pending migrations of DATABASE_URL
 	$(USE_DEV_DEFAULT) $(DBMATE) --url "$$DATABASE_URL" status
 
 .PHONY: test
-test: ## Run go vet, verify and all tests with the race detector
+test: ## Run go vet, verify, all tests with the race detector, then fuzz
 	go vet ./...
 	$(MAKE) verify
 	go test -race -count=1 ./...
+	$(MAKE) fuzz
+
+# Time each fuzz target of make fuzz runs for, in go test's -fuzztime syntax.
+FUZZTIME := 3s
+
+.PHONY: fuzz
+fuzz: ## Fuzz every Fuzz function in the repository for FUZZTIME (3s) each
+	@grep -rl --include='*_test.go' '^func Fuzz' . | sort | while read -r file; do \
+		dir="./$$(dirname "$${file#./}")"; \
+		for name in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' "$$file"); do \
+			echo "go test -run='^$$' -fuzz='^$$name\$$' -fuzztime=$(FUZZTIME) $$dir"; \
+			go test -run='^$$' -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME) "$$dir" || exit 1; \
+		done; \
+	done
 
 # File that make bench writes its results to, as JSON.
 BENCH_JSON := bench.json

@@ -8,6 +8,7 @@ import (
 	"io"
 	"slices"
 	"strings"
+	"unicode/utf8"
 )
 
 // maxJSONDepth is the deepest nesting of objects and arrays CanonicalJSON
@@ -21,14 +22,20 @@ const maxJSONDepth = 10000
 //   - no whitespace outside strings;
 //   - object members sorted by name, compared as UTF-8 bytes;
 //   - strings decoded the way encoding/json decodes them and encoded again
-//     without HTML escaping, so "\u0041" and "A" are the same string;
+//     without HTML escaping, so "\u0041" and "A" are the same string, and
+//     an escaped lone surrogate such as "\ud800" becomes U+FFFD;
 //   - numbers copied exactly as written: 12345678901234567890 and
 //     12345678901234567000 stay different, which decoding into float64
 //     would not keep, and 1.0 differs from 1.
 //
-// Invalid JSON, an object with two members of the same name, data after
-// the value, or nesting deeper than 10000 levels return an *InputError.
+// Invalid JSON, bytes that are not UTF-8 (which RFC 8259 requires and
+// which decoding would replace with U+FFFD), an object with two members of
+// the same name, data after the value, or nesting deeper than 10000 levels
+// return an *InputError. The error never quotes the body.
 func CanonicalJSON(body []byte) ([]byte, error) {
+	if !utf8.Valid(body) {
+		return nil, invalidInput("JSON body", "not valid UTF-8; send JSON encoded as UTF-8")
+	}
 	c := newJSONCanonicalizer(body)
 	var out bytes.Buffer
 	if err := c.writeValue(&out, 0); err != nil {
@@ -106,7 +113,8 @@ func (c *jsonCanonicalizer) writeObject(out *bytes.Buffer, depth int) error {
 		// The decoder returns only strings in the name position.
 		name, _ := token.(string)
 		if seen[name] {
-			return invalidInput("JSON body", fmt.Sprintf("an object has two members named %.64q; send each name once", name))
+			// The name is not quoted, because a body may hold secrets.
+			return invalidInput("JSON body", fmt.Sprintf("an object repeats the member name that ends at byte %d; send each name once", c.decoder.InputOffset()))
 		}
 		seen[name] = true
 
