@@ -257,8 +257,16 @@ func (h *routeHandler) serveLease(w http.ResponseWriter, r *http.Request, req se
 		Panicked: panicked,
 		Canceled: r.Context().Err() != nil,
 	})
-	if panicked && outcome == OutcomeStore {
+	switch {
+	case panicked && outcome == OutcomeStore:
 		// A panic leaves no response to store.
+		outcome = OutcomeUnknown
+	case outcome == OutcomeStore && !storableStatus(rec.statusCode()):
+		// net/http sends statuses up to 999, but only 100..599 are HTTP
+		// statuses that a record can hold. The handler may have changed
+		// something, so its key must not run again.
+		m.config.Logger.LogAttrs(r.Context(), slog.LevelError, "pgguard: handler on an idempotent route wrote a status outside 100..599, which cannot be stored; outcome unknown",
+			routeAttrs(r, slog.Int("status", rec.statusCode()))...)
 		outcome = OutcomeUnknown
 	}
 	m.settle(settleCtx, r, claim, outcome, rec)
@@ -369,6 +377,10 @@ func (h *routeHandler) serveAtomic(w http.ResponseWriter, r *http.Request, req s
 		m.config.Logger.LogAttrs(r.Context(), slog.LevelError, "pgguard: handler on an idempotent route tried to stream; transaction rolled back",
 			routeAttrs(r, slog.Any("error", err))...)
 		m.writeStreamingRefused(w)
+	case rec != nil && errors.Is(err, service.ErrInvalidInput):
+		m.config.Logger.LogAttrs(r.Context(), slog.LevelError, "pgguard: handler on an idempotent route wrote a status outside 100..599, which cannot be stored; transaction rolled back",
+			routeAttrs(r, slog.Int("status", rec.statusCode()))...)
+		m.writeInternalError(w)
 	case rec != nil:
 		// The handler ran, but storing its response or the commit failed,
 		// so its writes were rolled back (or, when the connection was lost
@@ -499,6 +511,11 @@ func serveRecovering(next http.Handler, w http.ResponseWriter, r *http.Request) 
 	}()
 	next.ServeHTTP(w, r)
 	return nil, false
+}
+
+// storableStatus reports whether a record can hold status.
+func storableStatus(status int) bool {
+	return status >= 100 && status <= 599
 }
 
 // sleepContext waits for d and returns true, or returns false as soon as

@@ -48,8 +48,9 @@ const (
 	// reached or did not respond in time (service.ErrUnavailable). A retry
 	// with the same key is safe. The error is logged.
 	ProblemUnavailable = "idempotency-unavailable"
-	// ProblemInternalError (500): the database failed in another way. The
-	// error is logged.
+	// ProblemInternalError (500): the database failed in another way, or
+	// the handler wrote a response that cannot be stored in atomic mode.
+	// The error is logged.
 	ProblemInternalError = "internal-error"
 )
 

@@ -255,11 +255,14 @@ func (s *Idempotency) Begin(ctx context.Context, req Request) (*Claim, *StoredRe
 }
 
 // Complete stores the handler's response for replay and ends the claim.
-// Only headers listed in ReplayHeaders are stored. A body longer than
-// MaxResponseBytes is not stored: the record is marked as in
-// [Claim.MarkResultUnavailable] and Complete returns nil. It returns
-// [ErrLeaseLost] when the lease ran out and another request took the key
-// over: that request's result is kept and this one is not stored.
+// Only headers listed in ReplayHeaders are stored. A response that cannot
+// be stored byte for byte is not stored at all: a body longer than
+// MaxResponseBytes, or a replayed header value that is not valid UTF-8 or
+// contains a NUL byte (jsonb cannot hold either). The record is then marked
+// as in [Claim.MarkResultUnavailable] and Complete returns nil. A status
+// outside 100..599 returns an *InputError and leaves the claim unsettled.
+// It returns [ErrLeaseLost] when the lease ran out and another request took
+// the key over: that request's result is kept and this one is not stored.
 func (c *Claim) Complete(ctx context.Context, response StoredResponse) error {
 	if err := validateStatus(response.Status); err != nil {
 		return err
@@ -498,9 +501,17 @@ func (s *Idempotency) complete(ctx context.Context, queries *dbgen.Queries, id i
 
 	header := http.Header{}
 	for name, values := range response.Header {
-		if s.replayHeaders[http.CanonicalHeaderKey(name)] {
-			header[http.CanonicalHeaderKey(name)] = values
+		name = http.CanonicalHeaderKey(name)
+		if !s.replayHeaders[name] {
+			continue
 		}
+		if slices.ContainsFunc(values, unstorableHeaderValue) {
+			s.config.Logger.LogAttrs(ctx, slog.LevelWarn, "pgguard: idempotent response has a header value that cannot be stored; retries get result unavailable",
+				slog.Int64("idempotency_record_id", id),
+				slog.String("header", name))
+			return s.markResultUnavailable(ctx, queries, id, lockToken, response.Status)
+		}
+		header[name] = values
 	}
 	headerJSON, err := json.Marshal(header)
 	if err != nil {
@@ -577,6 +588,13 @@ func inFlightRetryAfter(left time.Duration) time.Duration {
 		return time.Second
 	}
 	return left.Truncate(time.Second)
+}
+
+// unstorableHeaderValue reports whether a header value would not survive
+// the jsonb column of stored headers: jsonb rejects the escape \u0000, and
+// encoding/json replaces invalid UTF-8 with U+FFFD.
+func unstorableHeaderValue(value string) bool {
+	return !utf8.ValidString(value) || strings.IndexByte(value, 0) >= 0
 }
 
 func validateStatus(status int) error {

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"golang.org/x/crypto/bcrypt"
 
@@ -258,8 +259,13 @@ func retryAfterSeconds(d time.Duration) int {
 
 // decodeJSON decodes body, which must contain exactly one JSON value, into v.
 // Unknown object members are rejected, so a misspelled field is an error
-// instead of a silently missing value.
+// instead of a silently missing value. So are bytes that are not UTF-8,
+// which encoding/json would replace with U+FFFD: an email would otherwise
+// be counted under an address the client never sent.
 func decodeJSON(body []byte, v any) error {
+	if !utf8.Valid(body) {
+		return errors.New("the body is not valid UTF-8")
+	}
 	decoder := json.NewDecoder(bytes.NewReader(body))
 	decoder.DisallowUnknownFields()
 	if err := decoder.Decode(v); err != nil {

@@ -9,7 +9,9 @@ import (
 	"math"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
@@ -89,6 +91,10 @@ func validateCreateOrder(body []byte) (item string, quantity int32, err error) {
 		return "", 0, errors.New(`"item" must be a non-empty string.`)
 	case utf8.RuneCountInString(*req.Item) > maxItemLength:
 		return "", 0, fmt.Errorf(`"item" is longer than the maximum of %d characters.`, maxItemLength)
+	case strings.ContainsFunc(*req.Item, unicode.IsControl):
+		// Postgres text cannot hold NUL, and no item name needs a control
+		// character.
+		return "", 0, errors.New(`"item" contains a control character.`)
 	case req.Quantity == nil || *req.Quantity < 1 || *req.Quantity > math.MaxInt32:
 		return "", 0, fmt.Errorf(`"quantity" must be an integer from 1 to %d.`, math.MaxInt32)
 	}
@@ -127,13 +133,17 @@ func (s *server) createOrderRoute() (http.Handler, error) {
 }
 
 // organizationScope scopes idempotency keys by the organization that
-// places the order; a request without one is rejected with 400.
+// places the order. A request without one, or with the header sent more
+// than once, is rejected with 400.
 func organizationScope(r *http.Request) (idempotencyhttp.Scope, error) {
-	organizationID := r.Header.Get("X-Organization-ID")
-	if organizationID == "" {
+	values := r.Header.Values("X-Organization-ID")
+	switch {
+	case len(values) > 1:
+		return idempotencyhttp.Scope{}, fmt.Errorf("The X-Organization-ID header is sent %d times. Send it once.", len(values))
+	case len(values) == 0 || values[0] == "":
 		return idempotencyhttp.Scope{}, errors.New("The X-Organization-ID header is missing. Send the id of the organization that places the order.")
 	}
-	return idempotencyhttp.Scope{OrganizationID: organizationID}, nil
+	return idempotencyhttp.Scope{OrganizationID: values[0]}, nil
 }
 
 // handleCreateOrder creates an order. The middleware has already claimed

@@ -163,3 +163,37 @@ func removeDatabase(t testing.TB, srv *pgfind.Server, db *DB) {
 func newDatabaseName() string {
 	return "pgguard_test_" + strings.ToLower(rand.Text()[:16])
 }
+
+// RowCounts returns the number of rows of every table in the public schema
+// except schema_migrations, by table name, so a test can check that a
+// rejected request stored nothing anywhere. It calls t.Fatal when the
+// query fails.
+func (db *DB) RowCounts(t testing.TB) map[string]int64 {
+	t.Helper()
+
+	// query_to_xml runs one count per table inside a single static query.
+	rows, err := db.Pool.Query(context.Background(), `
+		SELECT
+			table_name,
+			(xpath('/row/n/text()', query_to_xml(format('SELECT count(*) AS n FROM %I', table_name), false, true, '')))[1]::text::bigint
+		FROM information_schema.tables
+		WHERE table_schema = 'public'
+			AND table_type = 'BASE TABLE'
+			AND table_name NOT LIKE '%schema_migrations'`)
+	if err != nil {
+		t.Fatalf("pgtest: failed to count the rows of database %s: %v", db.Name, err)
+	}
+	counts := map[string]int64{}
+	for rows.Next() {
+		var table string
+		var count int64
+		if err := rows.Scan(&table, &count); err != nil {
+			t.Fatalf("pgtest: failed to read a row count of database %s: %v", db.Name, err)
+		}
+		counts[table] = count
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatalf("pgtest: failed to count the rows of database %s: %v", db.Name, err)
+	}
+	return counts
+}
