@@ -38,9 +38,11 @@ type sprayingResult struct {
 	RoundTrips   float64 `json:"round_trips_per_op"`
 	// Windows splits the attempts in op order into equal parts.
 	Windows []sprayingWindow `json:"windows"`
-	// P50Ratio and OpsRatio compare the last window with the first.
+	// P50Ratio, OpsRatio and CPURatio compare the last window with the
+	// first. CPURatio is 0 when the server's CPU time cannot be read.
 	P50Ratio float64 `json:"last_vs_first_p50"`
 	OpsRatio float64 `json:"last_vs_first_ops_per_second"`
+	CPURatio float64 `json:"last_vs_first_server_cpu,omitempty"`
 }
 
 type sprayingWindow struct {
@@ -105,6 +107,9 @@ func measureSpraying(ctx context.Context, env *benchEnv, accounts int) (*sprayin
 	firstWindow, lastWindow := result.Windows[0], result.Windows[len(result.Windows)-1]
 	result.P50Ratio = lastWindow.P50Ms / firstWindow.P50Ms
 	result.OpsRatio = lastWindow.OpsPerSecond / firstWindow.OpsPerSecond
+	if firstWindow.ServerCPUMicros > 0 && lastWindow.ServerCPUMicros > 0 {
+		result.CPURatio = lastWindow.ServerCPUMicros / firstWindow.ServerCPUMicros
+	}
 	return result, nil
 }
 
@@ -138,5 +143,5 @@ func printSpraying(w io.Writer, r *sprayingResult) {
 		fmt.Fprintf(w, "    attempts %7d+: %6.0f ops/s  p50 %6.2f ms  p99 %6.2f ms  %4.0f µs server CPU/op\n",
 			window.FirstOp, window.OpsPerSecond, window.P50Ms, window.P99Ms, window.ServerCPUMicros)
 	}
-	fmt.Fprintf(w, "    last window vs first: p50 ratio %.2f, ops/s ratio %.2f\n", r.P50Ratio, r.OpsRatio)
+	fmt.Fprintf(w, "    last window vs first: p50 ratio %.2f, ops/s ratio %.2f, server CPU/op ratio %.2f\n", r.P50Ratio, r.OpsRatio, r.CPURatio)
 }

@@ -81,8 +81,16 @@ func evaluateTargets(r *report) []target {
 			targets = append(targets, newTarget("insert p99 during purge ÷ without", s.Purge.P99Ratio, "<=", 2))
 		}
 		if s.Spraying != nil {
-			name := fmt.Sprintf("spraying %d accounts: last ÷ first tenth (p50)", s.Spraying.Accounts)
-			targets = append(targets, newTarget(name, s.Spraying.P50Ratio, "<=", 1.2))
+			// Server CPU per attempt is the cost itself; latency also
+			// moves with whatever else loads the machine, so it only
+			// stands in when the CPU time cannot be read.
+			name := fmt.Sprintf("spraying %d accounts: last ÷ first tenth (server CPU/op)", s.Spraying.Accounts)
+			ratio := s.Spraying.CPURatio
+			if ratio == 0 {
+				name = fmt.Sprintf("spraying %d accounts: last ÷ first tenth (p50)", s.Spraying.Accounts)
+				ratio = s.Spraying.P50Ratio
+			}
+			targets = append(targets, newTarget(name, ratio, "<=", 1.2))
 		}
 	}
 	if r.Harness != nil {
