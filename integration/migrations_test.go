@@ -4,6 +4,8 @@ import (
 	"io"
 	"io/fs"
 	"net/url"
+	"os"
+	"os/exec"
 	"sync"
 	"testing"
 
@@ -49,6 +51,49 @@ func schemaObjects(t *testing.T, db *pgtest.DB) []string {
 	return names
 }
 
+// schemaListing lists every column, constraint, index and function of the
+// public schema, with its definition, and the applied migration versions,
+// so two databases with the same listing have the same schema.
+func schemaListing(t *testing.T, db *pgtest.DB) []string {
+	t.Helper()
+
+	rows, err := db.Pool.Query(t.Context(), `
+		SELECT format('column %s.%s %s nullable=%s default=%s',
+			table_name, column_name, data_type, is_nullable, coalesce(column_default, ''))
+		FROM information_schema.columns WHERE table_schema = 'public'
+		UNION ALL
+		SELECT format('constraint %s %s %s', conrelid::regclass, conname, pg_get_constraintdef(oid))
+		FROM pg_constraint WHERE connamespace = 'public'::regnamespace
+		UNION ALL
+		SELECT 'index ' || indexdef FROM pg_indexes WHERE schemaname = 'public'
+		UNION ALL
+		SELECT format('function %s %s', oid::regprocedure, md5(pg_get_functiondef(oid)))
+		FROM pg_proc WHERE pronamespace = 'public'::regnamespace
+		UNION ALL
+		SELECT 'migration ' || version FROM schema_migrations
+		ORDER BY 1`)
+	require.NoError(t, err)
+	var listing []string
+	for rows.Next() {
+		var line string
+		require.NoError(t, rows.Scan(&line))
+		listing = append(listing, line)
+	}
+	require.NoError(t, rows.Err())
+	return listing
+}
+
+// deployMigrate runs "make deploy-migrate", the production target, against
+// databaseURL from the repository root.
+func deployMigrate(t *testing.T, databaseURL string) {
+	t.Helper()
+
+	cmd := exec.CommandContext(t.Context(), "make", "--no-print-directory", "-C", "..", "deploy-migrate")
+	cmd.Env = append(os.Environ(), "DATABASE_URL="+databaseURL)
+	output, err := cmd.CombinedOutput()
+	require.NoError(t, err, "make deploy-migrate:\n%s", output)
+}
+
 func TestMigrations(t *testing.T) {
 	t.Parallel()
 
@@ -71,6 +116,29 @@ func TestMigrations(t *testing.T) {
 
 		require.NoError(t, migrator.Migrate())
 		require.Equal(t, applied, schemaObjects(t, db))
+	})
+
+	t.Run("MigrateTwiceKeepsSchema", func(t *testing.T) {
+		t.Parallel()
+		db := pgtest.NewEmpty(t)
+
+		require.NoError(t, pgguard.Migrate(t.Context(), db.URL, pgguard.MigrateOptions{}))
+		first := schemaListing(t, db)
+		require.NoError(t, pgguard.Migrate(t.Context(), db.URL, pgguard.MigrateOptions{}))
+
+		require.Equal(t, first, schemaListing(t, db))
+	})
+
+	t.Run("DeployMigrateTwiceKeepsSchema", func(t *testing.T) {
+		t.Parallel()
+		db := pgtest.NewEmpty(t)
+		// The template of pgtest.New is migrated with pgguard.Migrate.
+		want := schemaListing(t, pgtest.New(t))
+
+		deployMigrate(t, db.URL)
+		require.Equal(t, want, schemaListing(t, db))
+		deployMigrate(t, db.URL)
+		require.Equal(t, want, schemaListing(t, db))
 	})
 
 	t.Run("ConcurrentRunsApplyOnce", func(t *testing.T) {
