@@ -6,6 +6,7 @@ package pgguard
 import (
 	"context"
 	"embed"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -50,6 +51,12 @@ type MigrateOptions struct {
 func Migrate(ctx context.Context, databaseURL string, opts MigrateOptions) error {
 	u, err := url.Parse(databaseURL)
 	if err != nil {
+		// A *url.Error quotes the whole URL, password included, so only
+		// the reason is kept.
+		var urlErr *url.Error
+		if errors.As(err, &urlErr) {
+			err = urlErr.Err
+		}
 		return fmt.Errorf("pgguard: invalid database URL: %w", err)
 	}
 	if u.Scheme != "postgres" && u.Scheme != "postgresql" {
