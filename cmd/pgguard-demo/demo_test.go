@@ -267,15 +267,15 @@ func TestCreateOrderLeaseExpiredOutcomeUnknown(t *testing.T) {
 	}()
 
 	// After the lease ends and before the first request completes, the
-	// key is neither in flight nor completed.
-	var leaseLeft time.Duration
+	// key is neither in flight nor completed. The poll waits for the
+	// database clock, which decides when the lease ends.
 	require.Eventually(t, func() bool {
+		var expired bool
 		err := db.Pool.QueryRow(t.Context(),
-			`SELECT greatest(lease_expires_at - now(), '0') FROM idempotency_records WHERE key = 'slow'`,
-		).Scan(&leaseLeft)
-		return err == nil
-	}, 5*time.Second, 10*time.Millisecond, "the first request never claimed its key")
-	time.Sleep(leaseLeft + 100*time.Millisecond)
+			`SELECT lease_expires_at <= now() FROM idempotency_records WHERE key = 'slow'`,
+		).Scan(&expired)
+		return err == nil && expired
+	}, 5*time.Second, 10*time.Millisecond, "the first request never claimed its key, or its lease never ended")
 	ex, err := client.send(t.Context(), req)
 	require.NoError(t, err)
 	require.NoError(t, expectProblem(ex, http.StatusConflict, problemOutcomeUnknown))
