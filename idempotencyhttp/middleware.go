@@ -239,8 +239,14 @@ func (h *routeHandler) serveLease(w http.ResponseWriter, r *http.Request, req se
 	defer cancelSettle()
 
 	if rec.refused != nil {
-		m.settle(settleCtx, r, claim, OutcomeRelease, rec)
-		m.config.Logger.LogAttrs(r.Context(), slog.LevelError, "pgguard: handler on an idempotent route tried to stream; claim released",
+		// The claim is released so a corrected retry can run, unless the
+		// handler declared with SetOutcome that it changed something.
+		outcome := OutcomeRelease
+		if explicit := Outcome(state.outcome.Load()); explicit == OutcomeStore || explicit == OutcomeUnknown {
+			outcome = OutcomeUnknown
+		}
+		m.settle(settleCtx, r, claim, outcome, rec)
+		m.config.Logger.LogAttrs(r.Context(), slog.LevelError, "pgguard: handler on an idempotent route tried to stream; refused",
 			routeAttrs(r, slog.Any("error", rec.refused))...)
 		if panicked {
 			panic(panicValue)

@@ -27,7 +27,7 @@ const MaxKeyLength = 255
 
 // DefaultReplayHeaders are the response headers stored and replayed when
 // IdempotencyConfig.ReplayHeaders is nil. Set-Cookie is never stored.
-var DefaultReplayHeaders = []string{"Content-Type", "Location", "ETag", "Content-Language"}
+var DefaultReplayHeaders = []string{"Content-Type", "Content-Encoding", "Location", "ETag", "Content-Language"}
 
 // Values of idempotency_records.state.
 const (
@@ -634,11 +634,17 @@ func requestScope(req Request) (scope, error) {
 }
 
 func validateLabel(field, value string) error {
+	// Scope, route and key share one unique index entry, which Postgres
+	// limits to about 2700 bytes: 255 + 1024 + 4 * 255 bytes stays below.
+	limit := 255
+	if field == "route" {
+		limit = 1024
+	}
 	switch {
 	case value == "":
 		return invalidInput(field, "empty")
-	case len(value) > 1024:
-		return invalidInput(field, fmt.Sprintf("%d bytes is longer than the maximum of 1024", len(value)))
+	case len(value) > limit:
+		return invalidInput(field, fmt.Sprintf("%d bytes is longer than the maximum of %d", len(value), limit))
 	case !utf8.ValidString(value):
 		return invalidInput(field, "not valid UTF-8")
 	case strings.IndexFunc(value, unicode.IsControl) >= 0:

@@ -104,6 +104,11 @@ func recordRoute(req Request) (string, error) {
 	if err := validateLabel("route", req.Route); err != nil {
 		return "", err
 	}
+	if strings.ContainsFunc(req.Route, unicode.IsSpace) {
+		// A space separates the route from its path values in the record,
+		// so "/a id=1" would collide with "/a" and the path value id=1.
+		return "", invalidInput("route", fmt.Sprintf("%q contains white space; pass the path template, such as /orders/{id}, and path values in PathValues", req.Route))
+	}
 
 	route := req.Method + " " + req.Route
 	if len(req.PathValues) == 0 {
