@@ -59,9 +59,9 @@ func compare(one, many []time.Duration) comparison {
 }
 
 // measureManySources seeds keysWide's account with sources failed
-// attempts, one from each source, and keysNarrow's with one, then times
-// both accounts' calls one after the other on one client, alternating
-// between them so that any drift of the machine affects both alike.
+// attempts, one from each source, and keysNarrow's with one. It then times
+// both accounts' calls on one client, alternating between the accounts so
+// that any drift of the machine affects both alike.
 func measureManySources(ctx context.Context, env *benchEnv, sources int) (*manySourcesResult, error) {
 	env.progress("Scale: Begin on an email that %d sources failed against, and on one with 1 source", sources)
 	if err := seedFailedSources(ctx, env, keysWide, sources); err != nil {
