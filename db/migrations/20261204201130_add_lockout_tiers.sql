@@ -132,30 +132,39 @@ CREATE TYPE auth_login_failure AS (
 -- address can lock the owner out with them. The hard lock spares no one:
 -- an attacker sharing the owner's address counts as known, so sparing
 -- known sources would let that attacker guess without end.
+--
+-- Every branch looks its row up by the whole key of a unique index, so the
+-- cost does not grow with the number of sources that tried the account.
+-- The unknown source has branches of its own because "ip = p_ip OR (ip IS
+-- NULL AND p_ip IS NULL)" is no index condition; a false "p_ip IS NULL"
+-- skips them before they read anything.
 CREATE FUNCTION auth_login_active_lock(p_email text, p_ip inet, p_now timestamptz, p_known boolean)
 RETURNS TABLE (tier text, locked_until timestamptz)
 LANGUAGE sql STABLE
 AS $$
     SELECT l.tier, l.locked_until FROM (
-        SELECT 'hard' AS tier, 'infinity'::timestamptz AS locked_until
+        SELECT
+            CASE WHEN hard_locked_at IS NOT NULL THEN 'hard' ELSE 'account' END AS tier,
+            CASE WHEN hard_locked_at IS NOT NULL THEN 'infinity'::timestamptz ELSE locked_until END AS locked_until
         FROM auth_account_counters
-        WHERE email = p_email AND hard_locked_at IS NOT NULL
-        UNION ALL
-        SELECT 'account', locked_until
-        FROM auth_account_counters
-        WHERE email = p_email AND locked_until > p_now AND NOT p_known
+        WHERE email = p_email
+            AND (hard_locked_at IS NOT NULL OR (locked_until > p_now AND NOT p_known))
         UNION ALL
         SELECT 'account_source', locked_until
         FROM auth_attempts
-        WHERE email = p_email
-            AND (ip = p_ip OR (ip IS NULL AND p_ip IS NULL))
-            AND locked_until > p_now
+        WHERE email = p_email AND ip = p_ip AND locked_until > p_now
+        UNION ALL
+        SELECT 'account_source', locked_until
+        FROM auth_attempts
+        WHERE p_ip IS NULL AND email = p_email AND ip IS NULL AND locked_until > p_now
         UNION ALL
         SELECT 'source', locked_until
         FROM auth_source_counters
-        WHERE (ip = p_ip OR (ip IS NULL AND p_ip IS NULL))
-            AND locked_until > p_now
-            AND NOT p_known
+        WHERE ip = p_ip AND locked_until > p_now AND NOT p_known
+        UNION ALL
+        SELECT 'source', locked_until
+        FROM auth_source_counters
+        WHERE p_ip IS NULL AND ip IS NULL AND locked_until > p_now AND NOT p_known
     ) l
     ORDER BY l.locked_until DESC
     LIMIT 1
@@ -263,23 +272,22 @@ BEGIN
         RETURN ROW('locked', v_lock.tier, NULL, nullif(v_lock.locked_until, 'infinity'), false, v_now)::auth_login_decision;
     END IF;
 
-    -- Create missing rows, then lock all three in the fixed order. Each
+    -- Lock all three rows in the fixed order, creating missing ones. Each
     -- statement takes a new snapshot, so it sees rows that concurrent
-    -- calls committed while this one waited.
+    -- calls committed while this one waited. Reading first keeps the
+    -- common case, an existing row, to one statement per row.
     LOOP
-        INSERT INTO auth_account_counters (email, channel, last_attempt_at, created_at, updated_at)
-        VALUES (p_email, p_channel, v_now, v_now, v_now)
-        ON CONFLICT DO NOTHING;
         SELECT * INTO a FROM auth_account_counters
         WHERE email = p_email AND channel = p_channel
         FOR UPDATE;
-        -- Not found only if a purge deleted the row in between.
         EXIT WHEN FOUND;
+        -- No row yet: create it, then lock it on the next turn. A row a
+        -- concurrent call creates first makes this insert do nothing.
+        INSERT INTO auth_account_counters (email, channel, last_attempt_at, created_at, updated_at)
+        VALUES (p_email, p_channel, v_now, v_now, v_now)
+        ON CONFLICT DO NOTHING;
     END LOOP;
     LOOP
-        INSERT INTO auth_attempts (email, ip, channel, last_attempt_at, created_at, updated_at)
-        VALUES (p_email, p_ip, p_channel, v_now, v_now, v_now)
-        ON CONFLICT DO NOTHING;
         IF p_ip IS NULL THEN
             SELECT * INTO p FROM auth_attempts
             WHERE email = p_email AND ip IS NULL AND channel = p_channel
@@ -290,11 +298,11 @@ BEGIN
             FOR UPDATE;
         END IF;
         EXIT WHEN FOUND;
+        INSERT INTO auth_attempts (email, ip, channel, last_attempt_at, created_at, updated_at)
+        VALUES (p_email, p_ip, p_channel, v_now, v_now, v_now)
+        ON CONFLICT DO NOTHING;
     END LOOP;
     LOOP
-        INSERT INTO auth_source_counters (ip, channel, last_attempt_at, created_at, updated_at)
-        VALUES (p_ip, p_channel, v_now, v_now, v_now)
-        ON CONFLICT DO NOTHING;
         IF p_ip IS NULL THEN
             SELECT * INTO s FROM auth_source_counters
             WHERE ip IS NULL AND channel = p_channel
@@ -305,6 +313,9 @@ BEGIN
             FOR UPDATE;
         END IF;
         EXIT WHEN FOUND;
+        INSERT INTO auth_source_counters (ip, channel, last_attempt_at, created_at, updated_at)
+        VALUES (p_ip, p_channel, v_now, v_now, v_now)
+        ON CONFLICT DO NOTHING;
     END LOOP;
 
     -- The waits above may have taken a while: decide with the time after
