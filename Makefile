@@ -82,7 +82,7 @@ deploy-migrate: ## Production: apply pending migrations to DATABASE_URL, which m
 		exit 1; \
 	fi
 	@$(call describe_database,Migrating)
-	$(DBMATE) --url "$$DATABASE_URL" --wait up
+	go run ./cmd/pgguard migrate -wait 60s
 
 .PHONY: reset
 reset: ## Drop, create and migrate DATABASE_URL; requires CONFIRM=yes

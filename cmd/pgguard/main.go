@@ -19,7 +19,9 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgguard/pgguard"
@@ -55,21 +57,60 @@ func usagef(format string, args ...any) error {
 
 func init() {
 	commands["migrate"] = command{
-		summary: "apply pending pgguard migrations to DATABASE_URL",
-		run: func(ctx context.Context, env *environment, args []string) error {
-			if len(args) > 0 {
-				return usagef("migrate takes no arguments, got %q", args)
-			}
-			url, err := databaseURL()
-			if err != nil {
-				return err
-			}
-			if err := pgguard.Migrate(ctx, url, pgguard.MigrateOptions{Log: env.stdout}); err != nil {
-				return err
-			}
-			fmt.Fprintln(env.stdout, "migrations are up to date")
-			return nil
-		},
+		summary: "apply pending pgguard migrations to DATABASE_URL under an advisory lock",
+		run:     runMigrate,
+	}
+}
+
+// runMigrate applies pgguard's migrations. Several deploys may run it at
+// once: pgguard.Migrate holds an advisory lock, so one applies the
+// migrations and the others wait and then find nothing to do.
+func runMigrate(ctx context.Context, env *environment, args []string) error {
+	flags := flag.NewFlagSet("pgguard migrate", flag.ContinueOnError)
+	flags.SetOutput(env.stderr)
+	wait := flags.Duration("wait", 0, "keep trying to connect for this long before giving up, for example 60s while the database starts")
+	if err := flags.Parse(args); err != nil {
+		return usagef("%v", err)
+	}
+	if flags.NArg() > 0 {
+		return usagef("migrate takes only flags, got %q", flags.Args())
+	}
+	url, err := databaseURL()
+	if err != nil {
+		return err
+	}
+	if err := waitForDatabase(ctx, url, *wait); err != nil {
+		return err
+	}
+
+	if err := pgguard.Migrate(ctx, url, pgguard.MigrateOptions{Log: env.stdout}); err != nil {
+		return err
+	}
+	fmt.Fprintln(env.stdout, "migrations are up to date")
+	return nil
+}
+
+// waitForDatabase returns once a connection to url succeeds, trying once a
+// second for up to wait. With wait 0 it returns at once and leaves the
+// error to the migration itself.
+func waitForDatabase(ctx context.Context, url string, wait time.Duration) error {
+	if wait <= 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+
+	for {
+		conn, err := pgx.Connect(ctx, url)
+		if err == nil {
+			return conn.Close(ctx)
+		}
+		select {
+		case <-ctx.Done():
+			// The error names the host, never the password.
+			return fmt.Errorf("database did not accept connections within %s: %w", wait, err)
+		case <-time.After(time.Second):
+		}
 	}
 }
 
