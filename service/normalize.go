@@ -48,6 +48,12 @@ func NormalizeEmail(email string) (string, error) {
 	}
 
 	normalized := norm.NFKC.String(emailFolder.String(norm.NFKC.String(trimmed)))
+	// Compatibility decomposition can put white space at either end, as
+	// U+0385 becomes a space and two combining marks, so trim again.
+	normalized = strings.TrimFunc(normalized, unicode.IsSpace)
+	if normalized == "" {
+		return "", invalidInput("email", "empty after Unicode normalization; pass the address the user typed")
+	}
 	if len(normalized) > MaxEmailBytes {
 		return "", invalidInput("email", fmt.Sprintf("%d bytes after normalization is longer than the maximum of %d", len(normalized), MaxEmailBytes))
 	}
