@@ -82,10 +82,11 @@ func (a *Attempt) Source() netip.Prefix { return prefixValue(a.source) }
 // [ErrUnavailable] (fail closed), or, with LockoutConfig.FailOpen, an
 // unchecked Attempt.
 //
-// While any lock applies to the account or the source, or while attempts in
-// flight fill a counter's remaining budget, Begin returns a *LockedError
-// (matching [ErrLocked]) and counts nothing: do not verify the credential
-// then, and answer exactly as for a wrong one. Invalid input returns an
+// While any lock applies to the account or the source, Begin returns a
+// *LockedError (matching [ErrLocked]) and counts nothing. Do not verify the
+// credential then, and send the same response as for a wrong one. While
+// attempts in flight fill a counter's remaining budget, Begin first waits
+// up to InFlightWait for them to settle. Invalid input returns an
 // *InputError and stores nothing.
 func (l *Lockout) Begin(ctx context.Context, channel Channel, email, ip string) (*Attempt, error) {
 	policy, ok := l.config.Channels[channel]
