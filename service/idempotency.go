@@ -375,18 +375,28 @@ func (s *Idempotency) PurgeExpired(ctx context.Context, batchSize int) (int64, e
 		return 0, invalidInput("batch size", fmt.Sprintf("%d; use a positive number of rows, for example 1000", batchSize))
 	}
 
-	var total int64
-	for {
-		deleted, err := s.queries.IdempotencyRecordDeleteExpired(ctx, dbgen.IdempotencyRecordDeleteExpiredParams{
+	total, err := deleteInBatches(batchSize, func() (int64, error) {
+		return s.queries.IdempotencyRecordDeleteExpired(ctx, dbgen.IdempotencyRecordDeleteExpiredParams{
 			Now:     s.now(),
 			MaxRows: int32(min(batchSize, 1<<31-1)),
 		})
+	})
+	if err != nil {
+		return total, unavailable("purge expired idempotency records", err)
+	}
+	return total, nil
+}
+
+// deleteInBatches calls deleteBatch, which deletes at most batchSize rows,
+// until a call deletes fewer, and returns the rows deleted in all, also
+// when a call fails.
+func deleteInBatches(batchSize int, deleteBatch func() (int64, error)) (int64, error) {
+	var total int64
+	for {
+		deleted, err := deleteBatch()
 		total += deleted
-		if err != nil {
-			return total, unavailable("purge expired idempotency records", err)
-		}
-		if deleted < int64(batchSize) {
-			return total, nil
+		if err != nil || deleted < int64(batchSize) {
+			return total, err
 		}
 	}
 }

@@ -321,15 +321,10 @@ func (l *Lockout) PurgeIdle(ctx context.Context, retention time.Duration, batchS
 
 	var total int64
 	for _, deleteBatch := range deletes {
-		for {
-			deleted, err := deleteBatch()
-			total += deleted
-			if err != nil {
-				return total, fmt.Errorf("pgguard: failed to purge idle lockout rows: %w", err)
-			}
-			if deleted < int64(batchSize) {
-				break
-			}
+		deleted, err := deleteInBatches(batchSize, deleteBatch)
+		total += deleted
+		if err != nil {
+			return total, fmt.Errorf("pgguard: failed to purge idle lockout rows: %w", err)
 		}
 	}
 	return total, nil
