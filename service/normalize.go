@@ -20,7 +20,8 @@ var emailFolder = cases.Fold()
 
 // NormalizeEmail returns the form of an email address that lockout counters
 // are keyed by: surrounding white space trimmed, Unicode NFKC, then full case
-// folding, then NFKC again because folding can leave a string unnormalized.
+// folding and lowercasing, then NFKC again because folding can leave a
+// string unnormalized.
 // So "Alice@Ex.com", " alice@ex.com " and the NFD spelling of an accented
 // address share one counter. The address is not otherwise validated: an
 // unknown or malformed address must be counted like a real one.
@@ -47,7 +48,10 @@ func NormalizeEmail(email string) (string, error) {
 		return "", invalidInput("email", fmt.Sprintf("%d bytes is longer than the maximum of %d", len(trimmed), MaxEmailBytes))
 	}
 
-	normalized := norm.NFKC.String(emailFolder.String(norm.NFKC.String(trimmed)))
+	// golang.org/x/text v0.44.0 folds Cherokee letters back and forth
+	// between the two cases (U+13A9 to U+AB79 and back), so lowercasing
+	// after folding picks one of them and keeps the result stable.
+	normalized := norm.NFKC.String(strings.ToLower(emailFolder.String(norm.NFKC.String(trimmed))))
 	// Compatibility decomposition can put white space at either end, as
 	// U+0385 becomes a space and two combining marks, so trim again.
 	normalized = strings.TrimFunc(normalized, unicode.IsSpace)
