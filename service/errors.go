@@ -26,8 +26,8 @@ var (
 	ErrInvalidConfig = errors.New("pgguard: invalid configuration")
 
 	// ErrUnavailable means the database could not be reached or did not
-	// answer in time. The operation may be retried. A login refused this
-	// way is best answered with 503; see LockoutConfig.FailOpen.
+	// respond in time. The operation may be retried. A login refused this
+	// way should get a 503 response; see LockoutConfig.FailOpen.
 	ErrUnavailable = errors.New("pgguard: database unavailable")
 
 	// ErrAlreadySettled means Succeed or Fail was called a second time on
@@ -61,7 +61,8 @@ var (
 // counted for it.
 type LockedError struct {
 	// Tier names the counter that rejected the attempt. Log it, but do not
-	// send it to the client: the answer should not reveal which limit hit.
+	// send it to the client, because the response should not reveal which
+	// limit was reached.
 	Tier Tier
 	// RetryAfter is how long until the key may try again, by the database
 	// clock, rounded up to whole seconds and at least one second.

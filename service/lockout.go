@@ -22,7 +22,7 @@ import (
 // Begin counts the attempt provisionally on every counter, so however many
 // requests race, no more than a counter's MaxFailures reach verification.
 // Unknown emails are counted and locked exactly like real ones, so nothing
-// Lockout returns tells them apart. Every decision takes the database clock.
+// Lockout returns distinguishes them. Every decision takes the database clock.
 //
 // A Lockout is safe for concurrent use.
 type Lockout struct {
@@ -213,7 +213,7 @@ func (r FailResult) Locked() bool { return r.HardLocked || !r.LockedUntil.IsZero
 // Fail settles the attempt as a wrong credential. The provisional count
 // becomes a failure on every counter, and each counter that reaches its
 // MaxFailures locks for its LockDuration, doubled for each consecutive lock
-// and capped at MaxLockDuration; an active lock is never extended. Call it
+// and capped at MaxLockDuration. An active lock is never extended. Call it
 // only for a wrong credential; use Cancel for a request refused for
 // another reason.
 func (a *Attempt) Fail(ctx context.Context) (FailResult, error) {
@@ -270,9 +270,9 @@ func (a *Attempt) Fail(ctx context.Context) (FailResult, error) {
 }
 
 // Succeed settles the attempt as a correct credential that completes the
-// login. The provisional count is given back everywhere; the counter of
-// this account from this source is reset, its lock included; the account's
-// streaks toward the hard lock end on every channel; and the source becomes
+// login. The provisional count is given back everywhere, and the counter of
+// this account from this source is reset, its lock included. The account's
+// streaks toward the hard lock end on every channel, and the source becomes
 // known to the account for KnownSourceWindow. The account-wide and source-wide counters
 // are not reset, so a success cannot clear failures other sources caused
 // or failures this source caused against other accounts.
@@ -324,7 +324,7 @@ func (a *Attempt) settle(ctx context.Context, success, rememberSource bool) erro
 // allowRetry lets the caller settle again after err when the database
 // certainly did not apply the settle: nothing was sent, or the server
 // reported an error, which rolled the statement back. After a connection
-// lost mid-call the outcome is unknown, so a retry could count twice; the
+// lost mid-call the outcome is unknown, so a retry could count twice. The
 // attempt then stays settled, and if the settle was lost it counts as a
 // failure after AttemptTimeout.
 func (a *Attempt) allowRetry(err error) {

@@ -99,10 +99,10 @@ func DefaultPasswordPolicy() ChannelPolicy {
 }
 
 // DefaultCodePolicy returns the default policy of the one-time code and
-// recovery code channels. It is stricter than the password policy because
-// a code is only asked for once the password is right, and a short code
-// falls to fewer guesses: 5 failures per account before a lock, and a hard
-// lock after 10 consecutive failures.
+// recovery code channels: 5 failures per account before a lock, and a hard
+// lock after 10 consecutive failures. It is stricter than the password
+// policy because a code is only requested once the password is right, and
+// a short code falls to fewer guesses.
 func DefaultCodePolicy() ChannelPolicy {
 	policy := DefaultPasswordPolicy()
 	policy.Account.MaxFailures = 5

@@ -47,8 +47,8 @@ func (s SourceResolver) ClientIP(r *http.Request) string {
 	}
 
 	// Only the entries up to the first untrusted one, read from the right,
-	// were written by trusted proxies; whatever stands left of it came from
-	// the client and is ignored, malformed or not.
+	// were written by trusted proxies. Anything left of it came from the
+	// client and is ignored, malformed or not.
 	client := remote
 	for i := len(hops) - 1; i >= 0; i-- {
 		addr, ok := parseHostAddr(strings.TrimSpace(hops[i]))

@@ -224,7 +224,7 @@ func (s *server) handleLogin(w http.ResponseWriter, r *http.Request) {
 // the lockout's database is unavailable.
 const problemLoginUnavailable = problemTypeBase + "login-unavailable"
 
-// writeLoginUnavailable sends 503, which tells clients to retry later.
+// writeLoginUnavailable sends 503, which asks clients to retry later.
 func writeLoginUnavailable(w http.ResponseWriter) {
 	w.Header().Set("Retry-After", "5")
 	writeProblem(w, problem{

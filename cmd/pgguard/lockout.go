@@ -214,7 +214,7 @@ func runLockoutPurge(ctx context.Context, env *environment, args []string) error
 	flags := flag.NewFlagSet("pgguard lockout purge", flag.ContinueOnError)
 	flags.SetOutput(env.stderr)
 	config := policyFlags(flags)
-	// The command knows only the windows given by flags, so an application
+	// The command sees only the windows given by flags, so an application
 	// with longer failure windows must pass a retention at least as long.
 	retention := flags.Duration("retention", 48*time.Hour, "delete counters idle for longer than this; use at least the application's longest failure window (24h by default)")
 	batch := flags.Int("batch", 1000, "rows deleted per statement")

@@ -38,8 +38,8 @@ type command struct {
 // add their commands in init functions.
 var commands = map[string]command{}
 
-// environment is what every command receives: the output streams and a
-// lazily opened pool, so "help" needs no database.
+// environment is the context every command receives: the output streams
+// and a pool opened on first use, so "help" needs no database.
 type environment struct {
 	stdout io.Writer
 	stderr io.Writer

@@ -5,7 +5,7 @@ SELECT
     d.decision::text AS decision,
     coalesce(d.tier, '')::text AS tier,
     coalesce(d.attempt_id, 0)::bigint AS attempt_id,
-    -- A hard lock has no end: db_now stands in for its NULL locked_until.
+    -- A hard lock has no end, so db_now replaces its NULL locked_until.
     coalesce(d.locked_until, d.db_now)::timestamptz AS locked_until,
     coalesce(d.engaged, false)::boolean AS engaged,
     d.db_now::timestamptz AS db_now
