@@ -15,20 +15,20 @@ const authAccountCounterDeleteIdle = `-- name: AuthAccountCounterDeleteIdle :exe
 DELETE FROM auth_account_counters
 WHERE id IN (
     SELECT id FROM auth_account_counters
-    WHERE last_attempt_at < $1::timestamptz
-        AND (locked_until IS NULL OR locked_until < $1::timestamptz)
+    WHERE id > $1::bigint AND id <= $2::bigint
+        AND last_attempt_at < $3::timestamptz
+        AND (locked_until IS NULL OR locked_until < $3::timestamptz)
         AND hard_locked_at IS NULL
-        AND (consecutive_failures = 0 OR last_failure_at < $2::timestamptz)
-    ORDER BY last_attempt_at
-    LIMIT $3
+        AND (consecutive_failures = 0 OR last_failure_at < $4::timestamptz)
     FOR UPDATE SKIP LOCKED
 )
 `
 
 type AuthAccountCounterDeleteIdleParams struct {
+	AfterID      int64     `json:"after_id"`
+	BeforeID     int64     `json:"before_id"`
 	IdleBefore   time.Time `json:"idle_before"`
 	StreakBefore time.Time `json:"streak_before"`
-	MaxRows      int32     `json:"max_rows"`
 }
 
 // Like AuthAttemptDeleteIdle for account-wide counters. A hard-locked
@@ -36,7 +36,12 @@ type AuthAccountCounterDeleteIdleParams struct {
 // last failure is older than streak_before, so forgetting it costs an
 // attacker that long a pause.
 func (q *Queries) AuthAccountCounterDeleteIdle(ctx context.Context, arg AuthAccountCounterDeleteIdleParams) (int64, error) {
-	result, err := q.db.Exec(ctx, authAccountCounterDeleteIdle, arg.IdleBefore, arg.StreakBefore, arg.MaxRows)
+	result, err := q.db.Exec(ctx, authAccountCounterDeleteIdle,
+		arg.AfterID,
+		arg.BeforeID,
+		arg.IdleBefore,
+		arg.StreakBefore,
+	)
 	if err != nil {
 		return 0, err
 	}
@@ -118,24 +123,27 @@ const authAttemptDeleteIdle = `-- name: AuthAttemptDeleteIdle :execrows
 DELETE FROM auth_attempts
 WHERE id IN (
     SELECT id FROM auth_attempts
-    WHERE last_attempt_at < $1::timestamptz
-        AND (locked_until IS NULL OR locked_until < $1::timestamptz)
-    ORDER BY last_attempt_at
-    LIMIT $2
+    WHERE id > $1::bigint AND id <= $2::bigint
+        AND last_attempt_at < $3::timestamptz
+        AND (locked_until IS NULL OR locked_until < $3::timestamptz)
     FOR UPDATE SKIP LOCKED
 )
 `
 
 type AuthAttemptDeleteIdleParams struct {
+	AfterID    int64     `json:"after_id"`
+	BeforeID   int64     `json:"before_id"`
 	IdleBefore time.Time `json:"idle_before"`
-	MaxRows    int32     `json:"max_rows"`
 }
 
-// Deletes at most max_rows account-and-source counters whose last attempt
-// and lock both ended before the cutoff. SKIP LOCKED lets several purgers
-// run side by side and never waits on a row a login is updating.
+// Deletes the account-and-source counters with an id in (after_id,
+// before_id] whose last attempt and lock both ended before the cutoff. A
+// purge walks the table by id in such ranges, so each statement reads and
+// deletes a bounded number of rows without an index on last_attempt_at,
+// which every login would have to update. SKIP LOCKED lets several
+// purgers run side by side and never waits on a row a login is updating.
 func (q *Queries) AuthAttemptDeleteIdle(ctx context.Context, arg AuthAttemptDeleteIdleParams) (int64, error) {
-	result, err := q.db.Exec(ctx, authAttemptDeleteIdle, arg.IdleBefore, arg.MaxRows)
+	result, err := q.db.Exec(ctx, authAttemptDeleteIdle, arg.AfterID, arg.BeforeID, arg.IdleBefore)
 	if err != nil {
 		return 0, err
 	}
@@ -209,6 +217,28 @@ func (q *Queries) AuthAttemptUnlockEmail(ctx context.Context, arg AuthAttemptUnl
 		return 0, err
 	}
 	return result.RowsAffected(), nil
+}
+
+const authCounterMaxIDs = `-- name: AuthCounterMaxIDs :one
+SELECT
+    (SELECT coalesce(max(id), 0) FROM auth_attempts)::bigint AS attempts,
+    (SELECT coalesce(max(id), 0) FROM auth_account_counters)::bigint AS account_counters,
+    (SELECT coalesce(max(id), 0) FROM auth_source_counters)::bigint AS source_counters
+`
+
+type AuthCounterMaxIDsRow struct {
+	Attempts        int64 `json:"attempts"`
+	AccountCounters int64 `json:"account_counters"`
+	SourceCounters  int64 `json:"source_counters"`
+}
+
+// Returns the highest id of each counter table, where a purge of idle
+// counters stops; 0 for an empty table.
+func (q *Queries) AuthCounterMaxIDs(ctx context.Context) (AuthCounterMaxIDsRow, error) {
+	row := q.db.QueryRow(ctx, authCounterMaxIDs)
+	var i AuthCounterMaxIDsRow
+	err := row.Scan(&i.Attempts, &i.AccountCounters, &i.SourceCounters)
+	return i, err
 }
 
 const authKnownSourceDeleteExpired = `-- name: AuthKnownSourceDeleteExpired :execrows
@@ -574,22 +604,22 @@ const authSourceCounterDeleteIdle = `-- name: AuthSourceCounterDeleteIdle :execr
 DELETE FROM auth_source_counters
 WHERE id IN (
     SELECT id FROM auth_source_counters
-    WHERE last_attempt_at < $1::timestamptz
-        AND (locked_until IS NULL OR locked_until < $1::timestamptz)
-    ORDER BY last_attempt_at
-    LIMIT $2
+    WHERE id > $1::bigint AND id <= $2::bigint
+        AND last_attempt_at < $3::timestamptz
+        AND (locked_until IS NULL OR locked_until < $3::timestamptz)
     FOR UPDATE SKIP LOCKED
 )
 `
 
 type AuthSourceCounterDeleteIdleParams struct {
+	AfterID    int64     `json:"after_id"`
+	BeforeID   int64     `json:"before_id"`
 	IdleBefore time.Time `json:"idle_before"`
-	MaxRows    int32     `json:"max_rows"`
 }
 
 // Like AuthAttemptDeleteIdle for source-wide counters.
 func (q *Queries) AuthSourceCounterDeleteIdle(ctx context.Context, arg AuthSourceCounterDeleteIdleParams) (int64, error) {
-	result, err := q.db.Exec(ctx, authSourceCounterDeleteIdle, arg.IdleBefore, arg.MaxRows)
+	result, err := q.db.Exec(ctx, authSourceCounterDeleteIdle, arg.AfterID, arg.BeforeID, arg.IdleBefore)
 	if err != nil {
 		return 0, err
 	}

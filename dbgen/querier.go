@@ -21,9 +21,12 @@ type Querier interface {
 	// Clears the account-wide counters of one account on every channel, the
 	// hard lock included.
 	AuthAccountUnlock(ctx context.Context, arg AuthAccountUnlockParams) (int64, error)
-	// Deletes at most max_rows account-and-source counters whose last attempt
-	// and lock both ended before the cutoff. SKIP LOCKED lets several purgers
-	// run side by side and never waits on a row a login is updating.
+	// Deletes the account-and-source counters with an id in (after_id,
+	// before_id] whose last attempt and lock both ended before the cutoff. A
+	// purge walks the table by id in such ranges, so each statement reads and
+	// deletes a bounded number of rows without an index on last_attempt_at,
+	// which every login would have to update. SKIP LOCKED lets several
+	// purgers run side by side and never waits on a row a login is updating.
 	AuthAttemptDeleteIdle(ctx context.Context, arg AuthAttemptDeleteIdleParams) (int64, error)
 	// Lists the account-and-source counters of one account, every source and
 	// channel.
@@ -31,6 +34,9 @@ type Querier interface {
 	// Clears the account-and-source counters of one account, every source and
 	// channel.
 	AuthAttemptUnlockEmail(ctx context.Context, arg AuthAttemptUnlockEmailParams) (int64, error)
+	// Returns the highest id of each counter table, where a purge of idle
+	// counters stops; 0 for an empty table.
+	AuthCounterMaxIDs(ctx context.Context) (AuthCounterMaxIDsRow, error)
 	// Deletes at most max_rows known sources whose last success is older than
 	// the cutoff; they no longer count as known.
 	AuthKnownSourceDeleteExpired(ctx context.Context, arg AuthKnownSourceDeleteExpiredParams) (int64, error)

@@ -278,13 +278,17 @@ func parseLockCursor(cursor string) (string, int64, error) {
 }
 
 // PurgeIdle deletes counters whose last attempt and last lock both ended
-// more than retention ago, and known sources older than KnownSourceWindow,
-// batchSize rows per statement so no statement holds many row locks, until
-// none is left. Hard locks are kept, and so are streaks toward one until
-// their last failure is StreakRetention old. It returns how many rows it
-// deleted. A retention shorter than the longest
-// FailureWindow of any channel would forget failures early, so it is
-// rejected.
+// more than retention ago, and known sources older than KnownSourceWindow.
+// Hard locks are kept, and so are streaks toward one until their last
+// failure is StreakRetention old. It returns how many rows it deleted. A
+// retention shorter than the longest FailureWindow of any channel would
+// forget failures early, so it is rejected.
+//
+// No statement reads or deletes more than batchSize rows, so none holds
+// many row locks. The counter tables have no index on the time of the last
+// attempt, which every login would have to update, so a purge walks each of
+// them by id, batchSize ids per statement: one purge reads every counter
+// once.
 func (l *Lockout) PurgeIdle(ctx context.Context, retention time.Duration, batchSize int) (int64, error) {
 	if longest := l.longestWindow(); retention < longest {
 		return 0, invalidInput("retention", fmt.Sprintf("%s is shorter than the longest FailureWindow %s; idle counters must outlive it", retention, longest))
@@ -296,36 +300,54 @@ func (l *Lockout) PurgeIdle(ctx context.Context, retention time.Duration, batchS
 	if err != nil {
 		return 0, err
 	}
+	maxIDs, err := l.queries.AuthCounterMaxIDs(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("pgguard: failed to purge idle lockout rows: %w", err)
+	}
 	idleBefore := now.Add(-retention)
-	params := dbgen.AuthAttemptDeleteIdleParams{IdleBefore: idleBefore, MaxRows: int32(batchSize)}
+	streakBefore := now.Add(-l.config.StreakRetention)
 
-	deletes := []func() (int64, error){
-		func() (int64, error) { return l.queries.AuthAttemptDeleteIdle(ctx, params) },
-		func() (int64, error) {
+	walks := []struct {
+		maxID  int64
+		delete func(afterID, beforeID int64) (int64, error)
+	}{
+		{maxIDs.Attempts, func(afterID, beforeID int64) (int64, error) {
+			return l.queries.AuthAttemptDeleteIdle(ctx, dbgen.AuthAttemptDeleteIdleParams{
+				AfterID: afterID, BeforeID: beforeID, IdleBefore: idleBefore,
+			})
+		}},
+		{maxIDs.AccountCounters, func(afterID, beforeID int64) (int64, error) {
 			return l.queries.AuthAccountCounterDeleteIdle(ctx, dbgen.AuthAccountCounterDeleteIdleParams{
-				IdleBefore:   idleBefore,
-				StreakBefore: now.Add(-l.config.StreakRetention),
-				MaxRows:      int32(batchSize),
+				AfterID: afterID, BeforeID: beforeID, IdleBefore: idleBefore, StreakBefore: streakBefore,
 			})
-		},
-		func() (int64, error) {
-			return l.queries.AuthSourceCounterDeleteIdle(ctx, dbgen.AuthSourceCounterDeleteIdleParams(params))
-		},
-		func() (int64, error) {
-			return l.queries.AuthKnownSourceDeleteExpired(ctx, dbgen.AuthKnownSourceDeleteExpiredParams{
-				SuccessBefore: now.Add(-l.config.KnownSourceWindow),
-				MaxRows:       int32(batchSize),
+		}},
+		{maxIDs.SourceCounters, func(afterID, beforeID int64) (int64, error) {
+			return l.queries.AuthSourceCounterDeleteIdle(ctx, dbgen.AuthSourceCounterDeleteIdleParams{
+				AfterID: afterID, BeforeID: beforeID, IdleBefore: idleBefore,
 			})
-		},
+		}},
 	}
 
 	var total int64
-	for _, deleteBatch := range deletes {
-		deleted, err := deleteInBatches(batchSize, deleteBatch)
-		total += deleted
-		if err != nil {
-			return total, fmt.Errorf("pgguard: failed to purge idle lockout rows: %w", err)
+	for _, walk := range walks {
+		for afterID := int64(0); afterID < walk.maxID; afterID += int64(batchSize) {
+			deleted, err := walk.delete(afterID, afterID+int64(batchSize))
+			total += deleted
+			if err != nil {
+				return total, fmt.Errorf("pgguard: failed to purge idle lockout rows: %w", err)
+			}
 		}
+	}
+
+	deleted, err := deleteInBatches(batchSize, func() (int64, error) {
+		return l.queries.AuthKnownSourceDeleteExpired(ctx, dbgen.AuthKnownSourceDeleteExpiredParams{
+			SuccessBefore: now.Add(-l.config.KnownSourceWindow),
+			MaxRows:       int32(batchSize),
+		})
+	})
+	total += deleted
+	if err != nil {
+		return total, fmt.Errorf("pgguard: failed to purge idle lockout rows: %w", err)
 	}
 	return total, nil
 }

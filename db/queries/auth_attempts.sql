@@ -176,17 +176,27 @@ SET
     updated_at = coalesce(sqlc.narg('now')::timestamptz, now())
 WHERE ip = sqlc.narg('ip') OR (ip IS NULL AND sqlc.narg('ip') IS NULL);
 
+-- name: AuthCounterMaxIDs :one
+-- Returns the highest id of each counter table, where a purge of idle
+-- counters stops; 0 for an empty table.
+SELECT
+    (SELECT coalesce(max(id), 0) FROM auth_attempts)::bigint AS attempts,
+    (SELECT coalesce(max(id), 0) FROM auth_account_counters)::bigint AS account_counters,
+    (SELECT coalesce(max(id), 0) FROM auth_source_counters)::bigint AS source_counters;
+
 -- name: AuthAttemptDeleteIdle :execrows
--- Deletes at most max_rows account-and-source counters whose last attempt
--- and lock both ended before the cutoff. SKIP LOCKED lets several purgers
--- run side by side and never waits on a row a login is updating.
+-- Deletes the account-and-source counters with an id in (after_id,
+-- before_id] whose last attempt and lock both ended before the cutoff. A
+-- purge walks the table by id in such ranges, so each statement reads and
+-- deletes a bounded number of rows without an index on last_attempt_at,
+-- which every login would have to update. SKIP LOCKED lets several
+-- purgers run side by side and never waits on a row a login is updating.
 DELETE FROM auth_attempts
 WHERE id IN (
     SELECT id FROM auth_attempts
-    WHERE last_attempt_at < @idle_before::timestamptz
+    WHERE id > @after_id::bigint AND id <= @before_id::bigint
+        AND last_attempt_at < @idle_before::timestamptz
         AND (locked_until IS NULL OR locked_until < @idle_before::timestamptz)
-    ORDER BY last_attempt_at
-    LIMIT @max_rows
     FOR UPDATE SKIP LOCKED
 );
 
@@ -198,12 +208,11 @@ WHERE id IN (
 DELETE FROM auth_account_counters
 WHERE id IN (
     SELECT id FROM auth_account_counters
-    WHERE last_attempt_at < @idle_before::timestamptz
+    WHERE id > @after_id::bigint AND id <= @before_id::bigint
+        AND last_attempt_at < @idle_before::timestamptz
         AND (locked_until IS NULL OR locked_until < @idle_before::timestamptz)
         AND hard_locked_at IS NULL
         AND (consecutive_failures = 0 OR last_failure_at < @streak_before::timestamptz)
-    ORDER BY last_attempt_at
-    LIMIT @max_rows
     FOR UPDATE SKIP LOCKED
 );
 
@@ -212,10 +221,9 @@ WHERE id IN (
 DELETE FROM auth_source_counters
 WHERE id IN (
     SELECT id FROM auth_source_counters
-    WHERE last_attempt_at < @idle_before::timestamptz
+    WHERE id > @after_id::bigint AND id <= @before_id::bigint
+        AND last_attempt_at < @idle_before::timestamptz
         AND (locked_until IS NULL OR locked_until < @idle_before::timestamptz)
-    ORDER BY last_attempt_at
-    LIMIT @max_rows
     FOR UPDATE SKIP LOCKED
 );
 
