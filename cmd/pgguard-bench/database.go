@@ -45,6 +45,32 @@ CREATE TABLE bench_usual_attempts (
     PRIMARY KEY (email, ip)
 );
 
+-- The usual design doing pgguard's logical work: its three counters, each
+-- with a count of reservations in flight.
+CREATE TABLE bench_usual3_accounts (
+    email        text PRIMARY KEY,
+    failures     integer NOT NULL DEFAULT 0,
+    pending      integer NOT NULL DEFAULT 0,
+    locked_until timestamptz,
+    updated_at   timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE bench_usual3_pairs (
+    email        text NOT NULL,
+    ip           inet NOT NULL,
+    failures     integer NOT NULL DEFAULT 0,
+    pending      integer NOT NULL DEFAULT 0,
+    locked_until timestamptz,
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (email, ip)
+);
+CREATE TABLE bench_usual3_sources (
+    ip           inet PRIMARY KEY,
+    failures     integer NOT NULL DEFAULT 0,
+    pending      integer NOT NULL DEFAULT 0,
+    locked_until timestamptz,
+    updated_at   timestamptz NOT NULL DEFAULT now()
+);
+
 -- The usual idempotency design: a record read with SELECT ... FOR UPDATE
 -- and written in the same transaction.
 CREATE TABLE bench_usual_idempotency (

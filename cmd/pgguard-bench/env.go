@@ -92,6 +92,15 @@ func (e *benchEnv) seed(ctx context.Context, keys int64) error {
 	if err := seedLockoutKeys(ctx, e.pool, keysLocked, lockedKeys, true); err != nil {
 		return err
 	}
+	if err := seedUsual3Keys(ctx, e.pool, keysFail, keys, false); err != nil {
+		return err
+	}
+	if err := seedUsual3Keys(ctx, e.pool, keysSucceed, keys, false); err != nil {
+		return err
+	}
+	if err := seedUsual3Keys(ctx, e.pool, keysLocked, lockedKeys, true); err != nil {
+		return err
+	}
 	if err := seedFloorKeys(ctx, e.pool, keys); err != nil {
 		return err
 	}
@@ -115,6 +124,7 @@ func (e *benchEnv) workloads() []*workload {
 	all := floorWorkloads(e.pool)
 	all = append(all, pgguardLockoutWorkloads(e.lockout)...)
 	all = append(all, usualLockoutWorkloads(e.pool)...)
+	all = append(all, usual3LockoutWorkloads(e.pool)...)
 	if e.redis != nil {
 		all = append(all, redisWorkloads(e.redis, e.runID)...)
 	}

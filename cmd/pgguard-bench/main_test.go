@@ -44,6 +44,9 @@ func setup(t *testing.T) *testBundle {
 	require.NoError(t, seedLockoutKeys(ctx, pool, keysFail, 10, false))
 	require.NoError(t, seedLockoutKeys(ctx, pool, keysSucceed, 10, false))
 	require.NoError(t, seedLockoutKeys(ctx, pool, keysLocked, lockedKeys, true))
+	require.NoError(t, seedUsual3Keys(ctx, pool, keysFail, 10, false))
+	require.NoError(t, seedUsual3Keys(ctx, pool, keysSucceed, 10, false))
+	require.NoError(t, seedUsual3Keys(ctx, pool, keysLocked, lockedKeys, true))
 	require.NoError(t, seedFloorKeys(ctx, pool, 10))
 	require.NoError(t, seedIdempotencyKeys(ctx, pool, 10))
 
@@ -150,6 +153,10 @@ func TestBaselineRoundTrips(t *testing.T) {
 		{usualLockoutWorkloads(b.pool), opBeginFail, designUsual, 5},
 		{usualLockoutWorkloads(b.pool), opBeginSucceed, designUsual, 5},
 		{usualLockoutWorkloads(b.pool), opBeginLocked, designUsual, 1},
+		// Twice BEGIN, three SELECT ... FOR UPDATE, three UPDATE, COMMIT.
+		{usual3LockoutWorkloads(b.pool), opBeginFail, designUsual3, 16},
+		{usual3LockoutWorkloads(b.pool), opBeginSucceed, designUsual3, 16},
+		{usual3LockoutWorkloads(b.pool), opBeginLocked, designUsual3, 1},
 		// BEGIN, SELECT ... FOR UPDATE, INSERT, COMMIT, then UPDATE.
 		{usualIdempotencyWorkloads(b.pool), opFirstRequest, designUsual, 5},
 		// BEGIN, SELECT ... FOR UPDATE, COMMIT.
@@ -267,7 +274,7 @@ func TestRunWritesReport(t *testing.T) {
 	require.NoError(t, json.Unmarshal(data, &result))
 
 	// Every workload at both client counts, and the purge once.
-	require.Len(t, result.Results, 2*15+1)
+	require.Len(t, result.Results, 2*18+1)
 	replay := result.find(opReplay, designPgguard, 1)
 	require.NotNil(t, replay)
 	require.NotNil(t, replay.Ratios)

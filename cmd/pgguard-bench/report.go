@@ -37,10 +37,12 @@ type ratios struct {
 	// pgguard's round trips per op: the latency of an op against the
 	// same number of floor statements.
 	P50VsFloor float64 `json:"p50_vs_floor"`
-	// VsUsual and VsRedis divide pgguard's ops/s by the usual design's
-	// and the Redis reference's for the same operation.
-	VsUsual float64 `json:"ops_per_second_vs_usual,omitempty"`
-	VsRedis float64 `json:"ops_per_second_vs_redis,omitempty"`
+	// VsUsual, VsUsual3 and VsRedis divide pgguard's ops/s by the usual
+	// design's, the usual design's doing pgguard's work, and the Redis
+	// reference's for the same operation.
+	VsUsual  float64 `json:"ops_per_second_vs_usual,omitempty"`
+	VsUsual3 float64 `json:"ops_per_second_vs_usual3,omitempty"`
+	VsRedis  float64 `json:"ops_per_second_vs_redis,omitempty"`
 }
 
 // floorOf maps each operation to the floor it is compared with.
@@ -79,6 +81,9 @@ func (r *report) addRatios() {
 		}
 		if usual := r.find(m.Operation, designUsual, m.Clients); usual != nil {
 			ratio.VsUsual = m.OpsPerSecond / usual.OpsPerSecond
+		}
+		if usual3 := r.find(m.Operation, designUsual3, m.Clients); usual3 != nil {
+			ratio.VsUsual3 = m.OpsPerSecond / usual3.OpsPerSecond
 		}
 		if redis := r.find(m.Operation, designRedis, m.Clients); redis != nil {
 			ratio.VsRedis = m.OpsPerSecond / redis.OpsPerSecond
@@ -127,11 +132,11 @@ var operationOrder = []string{
 	opFirstRequest, opReplay, opInFlight, opPurge,
 }
 
-var designOrder = []string{designPgguard, designUsual, designRedis, designFloor}
+var designOrder = []string{designPgguard, designUsual, designUsual3, designRedis, designFloor}
 
 func printMeasurements(w io.Writer, r *report) {
 	table := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(table, "operation\tdesign\tclients\tops/s\tp50 ms\tp99 ms\tRT/op\tCPU µs/op\tcalls÷floor\tp50÷floor\t÷usual\t÷redis\t")
+	fmt.Fprintln(table, "operation\tdesign\tclients\tops/s\tp50 ms\tp99 ms\tRT/op\tCPU µs/op\tcalls÷floor\tp50÷floor\t÷usual\t÷usual3\t÷redis\t")
 	for _, operation := range operationOrder {
 		for _, clients := range measuredClients(r, operation) {
 			for _, design := range designOrder {
@@ -139,11 +144,12 @@ func printMeasurements(w io.Writer, r *report) {
 				if m == nil {
 					continue
 				}
-				fmt.Fprintf(table, "%s\t%s\t%d\t%.0f\t%.2f\t%.2f\t%.2f\t%s\t%s\t%s\t%s\t%s\t\n",
+				fmt.Fprintf(table, "%s\t%s\t%d\t%.0f\t%.2f\t%.2f\t%.2f\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
 					m.Operation, m.Design, m.Clients, m.OpsPerSecond, m.P50Ms, m.P99Ms, m.RoundTripsPerOp, formatCPU(m.ServerCPUMicros),
 					formatRatio(m.Ratios, func(r *ratios) float64 { return r.CallsVsFloor }),
 					formatRatio(m.Ratios, func(r *ratios) float64 { return r.P50VsFloor }),
 					formatRatio(m.Ratios, func(r *ratios) float64 { return r.VsUsual }),
+					formatRatio(m.Ratios, func(r *ratios) float64 { return r.VsUsual3 }),
 					formatRatio(m.Ratios, func(r *ratios) float64 { return r.VsRedis }))
 			}
 		}

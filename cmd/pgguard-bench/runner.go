@@ -15,6 +15,7 @@ const (
 	designPgguard = "pgguard"
 	designFloor   = "floor"
 	designUsual   = "usual"
+	designUsual3  = "usual3"
 	designRedis   = "redis"
 )
 
