@@ -2,10 +2,19 @@
 //
 // The first call in a test process finds a server with [pgfind.Find] and
 // environment variable TEST_DATABASE_URL, then builds a template database
-// containing pgguard's migrations. [New] clones that template for each test,
-// which costs one CREATE DATABASE instead of a migration run. A test's
-// database is dropped when the test passes and kept, with its URL logged,
-// when the test fails.
+// containing pgguard's migrations. [New] gives each test a clone of that
+// template, which costs one CREATE DATABASE instead of a migration run. A
+// test's database is dropped when the test passes and kept, with its URL
+// logged, when the test fails.
+//
+// CREATE DATABASE takes tens of milliseconds on a quiet machine and several
+// times that on a loaded one, so a [Harness] keeps [ReadyClones] clones
+// ready, created in the background under names that start with
+// pgguard_ready_. A test claims one by renaming it, which leaves it only
+// the connection to wait for. Ready clones left when the test process exits
+// are claimed by the next process of the same migrations. Ready clones of
+// other migrations are dropped by the next process once they are older
+// than 10 minutes.
 //
 // The template is named pgguard_tpl_<hash>, where the hash covers the names
 // and contents of the migration files. Test processes that run at the same
@@ -15,7 +24,9 @@
 //
 // NOTE: templates of older migrations stay on the server. Drop them by hand
 // when they pile up: they match pgguard_tpl_% and carry the template flag,
-// so clear it first (ALTER DATABASE ... WITH IS_TEMPLATE false).
+// so clear it first (ALTER DATABASE ... WITH IS_TEMPLATE false). The ready
+// clones of the migrations tested last also stay, about ReadyClones for
+// each test process that ran last, until dropped by hand.
 //
 // A container that pgfind starts is not stopped by this package. The
 // testcontainers reaper (Ryuk) removes it after the test process exits,
@@ -28,6 +39,7 @@ package pgtest
 import (
 	"context"
 	"crypto/rand"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -59,6 +71,20 @@ type DB struct {
 	URL string
 	// Name is the database name.
 	Name string
+	// Timing splits the time that opening the database took.
+	Timing OpenTiming
+}
+
+// OpenTiming is the time that a test waited for its database, in two parts.
+type OpenTiming struct {
+	// Clone is the time to claim a ready clone, including any wait for one,
+	// or to create a clone when none was ready or being created.
+	Clone time.Duration
+	// Connect is the time to open the pool and ping the database.
+	Connect time.Duration
+	// Ready reports whether a ready clone was there when the test asked,
+	// so that the test did not wait for a CREATE DATABASE.
+	Ready bool
 }
 
 var (
@@ -66,9 +92,9 @@ var (
 	server     *pgfind.Server
 	serverErr  error
 
-	templateOnce sync.Once
-	templateName string
-	templateErr  error
+	harnessOnce sync.Once
+	harness     *Harness
+	harnessErr  error
 )
 
 // findServer finds the server once per test process.
@@ -87,16 +113,23 @@ func New(t testing.TB) *DB {
 	t.Helper()
 	srv := mustFindServer(t)
 
-	templateOnce.Do(func() {
+	harnessOnce.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), templateTimeout)
 		defer cancel()
-		templateName, templateErr = ensureTemplate(ctx, srv)
+		harness, harnessErr = NewHarness(ctx, srv, ReadyClones)
 	})
-	if templateErr != nil {
-		t.Fatalf("pgtest: %v", templateErr)
+	if harnessErr != nil {
+		t.Fatalf("pgtest: %v", harnessErr)
 	}
 
-	return newDatabase(t, srv, templateName)
+	ctx, cancel := context.WithTimeout(context.Background(), cloneTimeout)
+	defer cancel()
+	db, err := harness.Open(ctx)
+	if err != nil {
+		t.Fatalf("pgtest: %v", err)
+	}
+	t.Cleanup(func() { removeDatabase(t, srv, db) })
+	return db
 }
 
 // NewEmpty returns a new database without pgguard's migrations, copied from
@@ -104,7 +137,23 @@ func New(t testing.TB) *DB {
 // themselves.
 func NewEmpty(t testing.TB) *DB {
 	t.Helper()
-	return newDatabase(t, mustFindServer(t), "")
+	srv := mustFindServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), cloneTimeout)
+	defer cancel()
+
+	db := &DB{Name: newDatabaseName()}
+	db.URL = srv.DatabaseURL(db.Name)
+	if err := srv.CreateDatabase(ctx, db.Name, ""); err != nil {
+		t.Fatalf("pgtest: %v", err)
+	}
+	t.Cleanup(func() { removeDatabase(t, srv, db) })
+
+	pool, err := connect(ctx, db)
+	if err != nil {
+		t.Fatalf("pgtest: %v", err)
+	}
+	db.Pool = pool
+	return db
 }
 
 func mustFindServer(t testing.TB) *pgfind.Server {
@@ -116,28 +165,17 @@ func mustFindServer(t testing.TB) *pgfind.Server {
 	return srv
 }
 
-// newDatabase creates a database from template and registers its removal.
-func newDatabase(t testing.TB, srv *pgfind.Server, template string) *DB {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), cloneTimeout)
-	defer cancel()
-
-	db := &DB{Name: newDatabaseName()}
-	db.URL = srv.DatabaseURL(db.Name)
-	if err := srv.CreateDatabase(ctx, db.Name, template); err != nil {
-		t.Fatalf("pgtest: %v", err)
-	}
-	t.Cleanup(func() { removeDatabase(t, srv, db) })
-
+// connect opens a pool to db and pings it.
+func connect(ctx context.Context, db *DB) (*pgxpool.Pool, error) {
 	pool, err := pgxpool.New(ctx, db.URL)
 	if err != nil {
-		t.Fatalf("pgtest: failed to configure a pool for database %s: %v", db.Name, err)
+		return nil, fmt.Errorf("failed to configure a pool for database %s: %w", db.Name, err)
 	}
-	db.Pool = pool
 	if err := pool.Ping(ctx); err != nil {
-		t.Fatalf("pgtest: failed to connect to database %s: %v", db.Name, err)
+		pool.Close()
+		return nil, fmt.Errorf("failed to connect to database %s: %w", db.Name, err)
 	}
-	return db
+	return pool, nil
 }
 
 // removeDatabase closes the pool, then drops the database if the test passed

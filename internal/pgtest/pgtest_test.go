@@ -3,12 +3,20 @@ package pgtest
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"testing/fstest"
+	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pgguard/pgguard/internal/pgfind"
 )
 
 func TestNewIsMigrated(t *testing.T) {
@@ -191,4 +199,245 @@ func databaseExists(t *testing.T, pool *pgxpool.Pool, name string) bool {
 		t.Fatal(err)
 	}
 	return exists
+}
+
+// newMigrationSet returns a migration set that no other test process uses,
+// so that its template and ready clones belong to this test alone, and
+// drops them when the test ends.
+func newMigrationSet(t *testing.T) (migrationSet, *pgfind.Server) {
+	t.Helper()
+	srv, err := findServer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	table := "marker_" + strings.ToLower(rand.Text()[:12])
+	set := migrationSet{
+		fsys: fstest.MapFS{"m/001_marker.sql": {Data: []byte("-- migrate:up\nCREATE TABLE " + table + " (id int);\n\n-- migrate:down\n")}},
+		dir:  "m",
+	}
+	sum, err := templateHash(set.fsys, set.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := hex.EncodeToString(sum[:8])
+
+	t.Cleanup(func() {
+		ctx := context.Background()
+		for _, name := range databasesWithPrefix(t, srv, readyClonePrefix+id+"_") {
+			if err := srv.DropDatabase(ctx, name); err != nil {
+				t.Errorf("dropping ready clone %s: %v", name, err)
+			}
+		}
+		if err := srv.DropDatabase(ctx, "pgguard_tpl_"+id); err != nil {
+			t.Errorf("dropping the template: %v", err)
+		}
+	})
+	return set, srv
+}
+
+func databasesWithPrefix(t *testing.T, srv *pgfind.Server, prefix string) []string {
+	t.Helper()
+	conn, err := pgx.Connect(context.Background(), srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	rows, err := conn.Query(context.Background(), "SELECT datname FROM pg_database WHERE starts_with(datname, $1)", prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return names
+}
+
+// waitFor polls condition until it holds, and fails the test after a minute.
+func waitFor(t *testing.T, what string, condition func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for !condition() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestHarnessClaimsCloneLeftByEarlierHarness(t *testing.T) {
+	set, srv := newMigrationSet(t)
+	ctx := context.Background()
+
+	first, err := newHarness(ctx, srv, set, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	readyPrefix := readyClonePrefix + first.tpl.id + "_"
+	waitFor(t, "the first harness has a ready clone", func() bool {
+		first.clones.mu.Lock()
+		defer first.clones.mu.Unlock()
+		return len(first.clones.ready) == 1
+	})
+	first.Close()
+	leftovers := databasesWithPrefix(t, srv, readyPrefix)
+	if len(leftovers) != 1 {
+		t.Fatalf("ready clones after Close = %q, want one", leftovers)
+	}
+
+	// With no clones to keep ready, the second harness creates none, so a
+	// ready database can only be the one left by the first.
+	second, err := newHarness(ctx, srv, set, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	db, err := second.Open(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := second.Drop(ctx, db); err != nil {
+			t.Errorf("dropping the database: %v", err)
+		}
+	}()
+
+	if !db.Timing.Ready {
+		t.Error("Timing.Ready is false, want true for a claimed leftover clone")
+	}
+	if left := databasesWithPrefix(t, srv, readyPrefix); len(left) != 0 {
+		t.Errorf("ready clones after the claim = %q, want none", left)
+	}
+	if got := currentDatabase(t, db.Pool); got != db.Name {
+		t.Errorf("Pool is connected to %q, want %q", got, db.Name)
+	}
+	var applied int
+	if err := db.Pool.QueryRow(ctx, "SELECT count(*) FROM schema_migrations").Scan(&applied); err != nil {
+		t.Fatalf("reading schema_migrations: %v", err)
+	}
+	if applied != 1 {
+		t.Errorf("schema_migrations has %d rows, want 1", applied)
+	}
+}
+
+func TestHarnessWithoutReadyClonesCreatesOne(t *testing.T) {
+	set, srv := newMigrationSet(t)
+	ctx := context.Background()
+
+	harness, err := newHarness(ctx, srv, set, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer harness.Close()
+	db, err := harness.Open(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if db.Timing.Ready {
+		t.Error("Timing.Ready is true, want false when no clone is kept ready")
+	}
+	if err := harness.Drop(ctx, db); err != nil {
+		t.Fatal(err)
+	}
+
+	admin := New(t)
+	if databaseExists(t, admin.Pool, db.Name) {
+		t.Errorf("database %q still exists after Drop", db.Name)
+	}
+	if created := harness.CreateTimes(); len(created) != 1 {
+		t.Errorf("CreateTimes has %d entries, want 1", len(created))
+	}
+}
+
+func TestHarnessDropsStaleClonesOfOtherTemplates(t *testing.T) {
+	set, srv := newMigrationSet(t)
+	ctx := context.Background()
+
+	otherID := strings.ToLower(rand.Text()[:16])
+	cloneName := func(created time.Time) string {
+		return readyClonePrefix + otherID + "_" + strconv.FormatInt(created.Unix(), 36) + "_" + strings.ToLower(rand.Text()[:8])
+	}
+	stale := cloneName(time.Now().Add(-staleCloneAge - time.Minute))
+	recent := cloneName(time.Now())
+	for _, name := range []string{stale, recent} {
+		if err := srv.CreateDatabase(ctx, name, ""); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if err := srv.DropDatabase(context.Background(), name); err != nil {
+				t.Errorf("dropping %s: %v", name, err)
+			}
+		})
+	}
+
+	harness, err := newHarness(ctx, srv, set, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-harness.clones.done
+	harness.Close()
+
+	left := databasesWithPrefix(t, srv, readyClonePrefix+otherID+"_")
+	if slices.Contains(left, stale) {
+		t.Errorf("stale clone %s of another template still exists", stale)
+	}
+	if !slices.Contains(left, recent) {
+		t.Errorf("recent clone %s of another template was dropped, want it kept for its process", recent)
+	}
+}
+
+func TestRenameOfClaimedCloneReturnsFalse(t *testing.T) {
+	set, srv := newMigrationSet(t)
+	ctx := context.Background()
+
+	harness, err := newHarness(ctx, srv, set, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer harness.Close()
+
+	candidate := readyClonePrefix + harness.tpl.id + "_" + strconv.FormatInt(time.Now().Unix(), 36) + "_" + strings.ToLower(rand.Text()[:8])
+	if err := srv.CreateDatabase(ctx, candidate, harness.Template()); err != nil {
+		t.Fatal(err)
+	}
+	first, second := newDatabaseName(), newDatabaseName()
+	t.Cleanup(func() {
+		for _, name := range []string{candidate, first, second} {
+			if err := srv.DropDatabase(context.Background(), name); err != nil {
+				t.Errorf("dropping %s: %v", name, err)
+			}
+		}
+	})
+
+	claimed, err := harness.clones.rename(ctx, candidate, first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !claimed {
+		t.Fatal("first rename returned false, want true")
+	}
+	claimed, err = harness.clones.rename(ctx, candidate, second)
+	if err != nil {
+		t.Fatalf("second rename: %v, want no error", err)
+	}
+	if claimed {
+		t.Error("second rename of the same clone returned true, want false")
+	}
+}
+
+func TestCloneAge(t *testing.T) {
+	created := time.Now().Add(-time.Hour)
+	name := readyClonePrefix + "0123456789abcdef_" + strconv.FormatInt(created.Unix(), 36) + "_abcdefgh"
+	if age := cloneAge(name); age < time.Hour || age > 2*time.Hour {
+		t.Errorf("cloneAge(%q) = %s, want about 1h", name, age)
+	}
+	for _, name := range []string{
+		readyClonePrefix + "0123456789abcdef",
+		readyClonePrefix + "0123456789abcdef_!!_abcdefgh",
+		"pgguard_test_abc",
+	} {
+		if age := cloneAge(name); age != 0 {
+			t.Errorf("cloneAge(%q) = %s, want 0 for a name without a creation time", name, age)
+		}
+	}
 }

@@ -58,28 +58,49 @@ func writeField(h hash.Hash, field []byte) {
 	h.Write(field)
 }
 
-// ensureTemplate returns the name of the template database for pgguard's
-// migrations, and builds it first when the server does not have it yet.
-func ensureTemplate(ctx context.Context, srv *pgfind.Server) (string, error) {
-	sum, err := templateHash(pgguard.Migrations, pgguard.MigrationsDir)
+// migrationSet is the directory of dbmate migrations that a template is
+// built from.
+type migrationSet struct {
+	fsys fs.FS
+	dir  string
+}
+
+// pgguardMigrations is the migration set of [New].
+var pgguardMigrations = migrationSet{fsys: pgguard.Migrations, dir: pgguard.MigrationsDir}
+
+// templateDatabase is a migrated template database on the server.
+type templateDatabase struct {
+	// name is pgguard_tpl_<id>.
+	name string
+	// id is 16 hex digits of the template hash. The ready clones of the
+	// template carry it in their names too.
+	id string
+}
+
+// ensureTemplate returns the template database for migrations, and builds
+// it first when the server does not have it yet.
+func ensureTemplate(ctx context.Context, srv *pgfind.Server, migrations migrationSet) (templateDatabase, error) {
+	sum, err := templateHash(migrations.fsys, migrations.dir)
 	if err != nil {
-		return "", err
+		return templateDatabase{}, err
 	}
-	name := "pgguard_tpl_" + hex.EncodeToString(sum[:8])
+	tpl := templateDatabase{id: hex.EncodeToString(sum[:8])}
+	tpl.name = "pgguard_tpl_" + tpl.id
+	name := tpl.name
 	// The lock key comes from the same hash, so processes building
 	// different templates do not wait for each other.
 	lockKey := int64(binary.BigEndian.Uint64(sum[8:16]))
 
 	conn, err := pgx.Connect(ctx, srv.URL)
 	if err != nil {
-		return "", fmt.Errorf("failed to connect to %s: %w", srv.Source, err)
+		return templateDatabase{}, fmt.Errorf("failed to connect to %s: %w", srv.Source, err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 
 	// A session lock is released when the connection closes, so a test
 	// process that dies while building does not block the others.
 	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock($1)", lockKey); err != nil {
-		return "", fmt.Errorf("failed to take the advisory lock for template %s: %w", name, err)
+		return templateDatabase{}, fmt.Errorf("failed to take the advisory lock for template %s: %w", name, err)
 	}
 	defer conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1)", lockKey) //nolint:errcheck // closing the connection releases it too
 
@@ -88,29 +109,29 @@ func ensureTemplate(ctx context.Context, srv *pgfind.Server) (string, error) {
 	err = conn.QueryRow(ctx, "SELECT datistemplate FROM pg_database WHERE datname = $1", name).Scan(&isTemplate)
 	switch {
 	case err == nil && isTemplate:
-		return name, nil
+		return tpl, nil
 	case err == nil:
 		// A process died while building it.
 		if err := srv.DropDatabase(ctx, name); err != nil {
-			return "", fmt.Errorf("failed to drop incomplete template: %w", err)
+			return templateDatabase{}, fmt.Errorf("failed to drop incomplete template: %w", err)
 		}
 	case !errors.Is(err, pgx.ErrNoRows):
-		return "", fmt.Errorf("failed to look up template %s: %w", name, err)
+		return templateDatabase{}, fmt.Errorf("failed to look up template %s: %w", name, err)
 	}
 
-	if err := buildTemplate(ctx, srv, conn, name); err != nil {
-		return "", err
+	if err := buildTemplate(ctx, srv, conn, name, migrations); err != nil {
+		return templateDatabase{}, err
 	}
-	return name, nil
+	return tpl, nil
 }
 
 // buildTemplate creates database name, applies the migrations and marks it
 // as a template. conn is a connection to the admin database.
-func buildTemplate(ctx context.Context, srv *pgfind.Server, conn *pgx.Conn, name string) error {
+func buildTemplate(ctx context.Context, srv *pgfind.Server, conn *pgx.Conn, name string, migrations migrationSet) error {
 	if err := srv.CreateDatabase(ctx, name, ""); err != nil {
 		return err
 	}
-	if err := pgguard.Migrate(ctx, srv.DatabaseURL(name), pgguard.MigrateOptions{}); err != nil {
+	if err := pgguard.Migrate(ctx, srv.DatabaseURL(name), pgguard.MigrateOptions{FS: migrations.fsys, Dir: migrations.dir}); err != nil {
 		return fmt.Errorf("failed to migrate template %s: %w", name, err)
 	}
 
