@@ -58,6 +58,12 @@ ALTER TABLE auth_source_counters
     ALTER COLUMN pending_count TYPE auth_count,
     ALTER COLUMN lock_count TYPE auth_count;
 
+-- Index lookups whatever the statistics say: plpgsql keeps the plan of
+-- each statement for the life of the connection, and a plan made while a
+-- table was empty, as on a new deployment or with autovacuum off, reads
+-- the whole table on every later call. With seq scans off for these
+-- functions, every key is looked up through its unique index.
+--
 -- Fewer statements per call: auth_login_begin checks the rows it locked
 -- for a lock engaged meanwhile instead of looking for active locks a
 -- second time, and auth_login_fail and auth_login_settle lock each row
@@ -96,6 +102,7 @@ CREATE OR REPLACE FUNCTION auth_login_begin(
 )
 RETURNS auth_login_decision
 LANGUAGE plpgsql
+SET enable_seqscan = off
 AS $$
 DECLARE
     v_now timestamptz := coalesce(p_now, clock_timestamp());
@@ -340,6 +347,7 @@ CREATE OR REPLACE FUNCTION auth_login_fail(
 )
 RETURNS auth_login_failure
 LANGUAGE plpgsql
+SET enable_seqscan = off
 AS $$
 DECLARE
     v_now timestamptz;
@@ -467,6 +475,7 @@ CREATE OR REPLACE FUNCTION auth_login_settle(
 )
 RETURNS boolean
 LANGUAGE plpgsql
+SET enable_seqscan = off
 AS $$
 DECLARE
     v_now timestamptz;
