@@ -15,21 +15,52 @@ import (
 
 const idempotencyRecordClaim = `-- name: IdempotencyRecordClaim :one
 SELECT
-    r.id, r.key, r.route, r.scope, r.request_hash, r.state, r.lock_token, r.lease_expires_at, r.response_status, r.response_headers, r.response_body_json, r.response_body, r.created_at, r.completed_at, r.expires_at, r.organization_id, r.ip,
+    f.id, f.request_hash, f.state, f.lock_token, f.lease_expires_at,
+    f.response_status, f.response_headers, f.response_body_json, f.response_body,
+    coalesce($1::timestamptz, now())::timestamptz AS db_now
+FROM idempotency_records f
+WHERE f.scope = $2
+    AND f.route = $3
+    AND f.key = $4
+    AND f.expires_at > coalesce($1::timestamptz, now())
+    AND NOT (
+        $5::boolean
+        AND f.state = 'in_progress'
+        AND f.lease_expires_at <= coalesce($1::timestamptz, now())
+        AND f.request_hash = $6
+    )
+UNION ALL
+SELECT
+    r.id, r.request_hash, r.state, r.lock_token, r.lease_expires_at,
+    r.response_status, r.response_headers, r.response_body_json, r.response_body,
     coalesce($1::timestamptz, now())::timestamptz AS db_now
 FROM idempotency_record_claim(
     $2,
     $3,
     $4,
-    $5,
     $6,
+    $7::text::uuid,
     $1,
-    $7,
     $8,
     $9,
+    $5,
     $10,
     $11
 ) r
+WHERE NOT EXISTS (
+    SELECT FROM idempotency_records e
+    WHERE e.scope = $2
+        AND e.route = $3
+        AND e.key = $4
+        AND e.expires_at > coalesce($1::timestamptz, now())
+        AND NOT (
+            $5::boolean
+            AND e.state = 'in_progress'
+            AND e.lease_expires_at <= coalesce($1::timestamptz, now())
+            AND e.request_hash = $6
+        )
+)
+LIMIT 1
 `
 
 type IdempotencyRecordClaimParams struct {
@@ -37,20 +68,17 @@ type IdempotencyRecordClaimParams struct {
 	Scope          string        `json:"scope"`
 	Route          string        `json:"route"`
 	Key            string        `json:"key"`
+	AllowTakeover  bool          `json:"allow_takeover"`
 	RequestHash    string        `json:"request_hash"`
-	LockToken      uuid.UUID     `json:"lock_token"`
+	LockToken      string        `json:"lock_token"`
 	LeaseMs        int64         `json:"lease_ms"`
 	TtlMs          int64         `json:"ttl_ms"`
-	AllowTakeover  bool          `json:"allow_takeover"`
 	OrganizationID *string       `json:"organization_id"`
 	Ip             *netip.Prefix `json:"ip"`
 }
 
 type IdempotencyRecordClaimRow struct {
 	ID               int64         `json:"id"`
-	Key              string        `json:"key"`
-	Route            string        `json:"route"`
-	Scope            string        `json:"scope"`
 	RequestHash      string        `json:"request_hash"`
 	State            string        `json:"state"`
 	LockToken        uuid.NullUUID `json:"lock_token"`
@@ -59,37 +87,40 @@ type IdempotencyRecordClaimRow struct {
 	ResponseHeaders  []byte        `json:"response_headers"`
 	ResponseBodyJson *string       `json:"response_body_json"`
 	ResponseBody     []byte        `json:"response_body"`
-	CreatedAt        time.Time     `json:"created_at"`
-	CompletedAt      *time.Time    `json:"completed_at"`
-	ExpiresAt        time.Time     `json:"expires_at"`
-	OrganizationID   *string       `json:"organization_id"`
-	Ip               *netip.Prefix `json:"ip"`
 	DbNow            time.Time     `json:"db_now"`
 }
 
 // Claims a key for the caller's lock_token, or returns the record in the
 // way; see idempotency_record_claim in the migrations for the rules. The
 // caller owns the record when the returned lock_token equals its own.
+//
+// The first branch is the read the function starts with, and returns a
+// record that this call cannot take over. Postgres runs the branches of a
+// UNION ALL in order and LIMIT 1 stops at the first row, so a replay or an
+// in-flight conflict costs one indexed select and no plpgsql call. The NOT
+// EXISTS repeats the first branch's condition in the same snapshot, so the
+// function cannot run when that branch found a row, whatever the plan. The
+// function reads the record again with a new snapshot, so a record
+// committed in between is handled as before. lock_token is text because
+// pgx encodes a uuid.UUID argument through a failed binary encode of its
+// string form, which builds an error value on every call.
 func (q *Queries) IdempotencyRecordClaim(ctx context.Context, arg IdempotencyRecordClaimParams) (IdempotencyRecordClaimRow, error) {
 	row := q.db.QueryRow(ctx, idempotencyRecordClaim,
 		arg.Now,
 		arg.Scope,
 		arg.Route,
 		arg.Key,
+		arg.AllowTakeover,
 		arg.RequestHash,
 		arg.LockToken,
 		arg.LeaseMs,
 		arg.TtlMs,
-		arg.AllowTakeover,
 		arg.OrganizationID,
 		arg.Ip,
 	)
 	var i IdempotencyRecordClaimRow
 	err := row.Scan(
 		&i.ID,
-		&i.Key,
-		&i.Route,
-		&i.Scope,
 		&i.RequestHash,
 		&i.State,
 		&i.LockToken,
@@ -98,11 +129,6 @@ func (q *Queries) IdempotencyRecordClaim(ctx context.Context, arg IdempotencyRec
 		&i.ResponseHeaders,
 		&i.ResponseBodyJson,
 		&i.ResponseBody,
-		&i.CreatedAt,
-		&i.CompletedAt,
-		&i.ExpiresAt,
-		&i.OrganizationID,
-		&i.Ip,
 		&i.DbNow,
 	)
 	return i, err
@@ -152,30 +178,54 @@ func (q *Queries) IdempotencyRecordComplete(ctx context.Context, arg Idempotency
 	return result.RowsAffected(), nil
 }
 
-const idempotencyRecordDeleteExpired = `-- name: IdempotencyRecordDeleteExpired :execrows
-DELETE FROM idempotency_records
-WHERE id IN (
+const idempotencyRecordDeleteExpired = `-- name: IdempotencyRecordDeleteExpired :one
+WITH batch AS (
     SELECT id FROM idempotency_records
     WHERE expires_at <= coalesce($1::timestamptz, now())
+        AND expires_at >= coalesce($2::timestamptz, '-infinity')
     ORDER BY expires_at
-    LIMIT $2
+    LIMIT $3
     FOR UPDATE SKIP LOCKED
+), deleted AS (
+    DELETE FROM idempotency_records
+    WHERE id IN (SELECT id FROM batch)
+    RETURNING expires_at
 )
+SELECT
+    count(*) AS deleted,
+    coalesce(
+        max(expires_at),
+        coalesce($1::timestamptz, now())
+    )::timestamptz AS last_expires_at
+FROM deleted
 `
 
 type IdempotencyRecordDeleteExpiredParams struct {
 	Now     *time.Time `json:"now"`
+	After   *time.Time `json:"after"`
 	MaxRows int32      `json:"max_rows"`
 }
 
-// Deletes at most max_rows expired records. SKIP LOCKED lets several purgers
-// run side by side and never waits on a record a request is claiming.
-func (q *Queries) IdempotencyRecordDeleteExpired(ctx context.Context, arg IdempotencyRecordDeleteExpiredParams) (int64, error) {
-	result, err := q.db.Exec(ctx, idempotencyRecordDeleteExpired, arg.Now, arg.MaxRows)
-	if err != nil {
-		return 0, err
-	}
-	return result.RowsAffected(), nil
+type IdempotencyRecordDeleteExpiredRow struct {
+	Deleted       int64     `json:"deleted"`
+	LastExpiresAt time.Time `json:"last_expires_at"`
+}
+
+// Deletes at most max_rows expired records whose expires_at is not before
+// after (all of them when after is NULL), in expires_at order. Returns how
+// many it deleted and the latest expires_at among them, or the cutoff time
+// when it deleted none. Passing last_expires_at back as after starts the
+// next batch's index scan where this one ended instead of at the oldest
+// entry: until vacuum removes them, the index keeps the entries of the rows
+// that earlier batches deleted, and a scan from the start steps over every
+// one. SKIP LOCKED lets several purgers run side by side and never waits on
+// a record a request is claiming. A skipped record that expired before
+// last_expires_at is left for the next purge.
+func (q *Queries) IdempotencyRecordDeleteExpired(ctx context.Context, arg IdempotencyRecordDeleteExpiredParams) (IdempotencyRecordDeleteExpiredRow, error) {
+	row := q.db.QueryRow(ctx, idempotencyRecordDeleteExpired, arg.Now, arg.After, arg.MaxRows)
+	var i IdempotencyRecordDeleteExpiredRow
+	err := row.Scan(&i.Deleted, &i.LastExpiresAt)
+	return i, err
 }
 
 const idempotencyRecordGet = `-- name: IdempotencyRecordGet :one

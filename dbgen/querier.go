@@ -70,13 +70,32 @@ type Querier interface {
 	// Claims a key for the caller's lock_token, or returns the record in the
 	// way; see idempotency_record_claim in the migrations for the rules. The
 	// caller owns the record when the returned lock_token equals its own.
+	//
+	// The first branch is the read the function starts with, and returns a
+	// record that this call cannot take over. Postgres runs the branches of a
+	// UNION ALL in order and LIMIT 1 stops at the first row, so a replay or an
+	// in-flight conflict costs one indexed select and no plpgsql call. The NOT
+	// EXISTS repeats the first branch's condition in the same snapshot, so the
+	// function cannot run when that branch found a row, whatever the plan. The
+	// function reads the record again with a new snapshot, so a record
+	// committed in between is handled as before. lock_token is text because
+	// pgx encodes a uuid.UUID argument through a failed binary encode of its
+	// string form, which builds an error value on every call.
 	IdempotencyRecordClaim(ctx context.Context, arg IdempotencyRecordClaimParams) (IdempotencyRecordClaimRow, error)
 	// Stores the response, but only while the caller still owns the record: a
 	// caller whose lease was taken over matches no row and changes nothing.
 	IdempotencyRecordComplete(ctx context.Context, arg IdempotencyRecordCompleteParams) (int64, error)
-	// Deletes at most max_rows expired records. SKIP LOCKED lets several purgers
-	// run side by side and never waits on a record a request is claiming.
-	IdempotencyRecordDeleteExpired(ctx context.Context, arg IdempotencyRecordDeleteExpiredParams) (int64, error)
+	// Deletes at most max_rows expired records whose expires_at is not before
+	// after (all of them when after is NULL), in expires_at order. Returns how
+	// many it deleted and the latest expires_at among them, or the cutoff time
+	// when it deleted none. Passing last_expires_at back as after starts the
+	// next batch's index scan where this one ended instead of at the oldest
+	// entry: until vacuum removes them, the index keeps the entries of the rows
+	// that earlier batches deleted, and a scan from the start steps over every
+	// one. SKIP LOCKED lets several purgers run side by side and never waits on
+	// a record a request is claiming. A skipped record that expired before
+	// last_expires_at is left for the next purge.
+	IdempotencyRecordDeleteExpired(ctx context.Context, arg IdempotencyRecordDeleteExpiredParams) (IdempotencyRecordDeleteExpiredRow, error)
 	IdempotencyRecordGet(ctx context.Context, arg IdempotencyRecordGetParams) (IdempotencyRecordGetRow, error)
 	// Settles the record without a response, for a handler that failed after it
 	// may have changed something: retries get "outcome unknown" and never run

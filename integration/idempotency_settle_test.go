@@ -3,11 +3,13 @@ package integration
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"net/http"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgguard/pgguard/dbgen"
@@ -153,7 +155,7 @@ func TestIdempotencyV1FingerprintStillMatches(t *testing.T) {
 		Route:       "POST /orders",
 		Key:         "old",
 		RequestHash: v1,
-		LockToken:   token,
+		LockToken:   token.String(),
 		LeaseMs:     60000,
 		TtlMs:       86400000,
 	})
@@ -173,6 +175,61 @@ func TestIdempotencyV1FingerprintStillMatches(t *testing.T) {
 	require.Equal(t, []byte(body), b.replay(t, req).Body)
 	_, _, err = b.idempotency.Begin(b.ctx, orderRequest("old", `{"item":"pen"}`))
 	require.ErrorIs(t, err, service.ErrKeyReused)
+}
+
+// The claim query returns a record it cannot take over from a plain
+// select and calls the plpgsql function only to claim a key. Postgres
+// counts function calls per transaction when track_functions is on.
+func TestIdempotencyClaimQueryCallsFunctionOnlyToClaim(t *testing.T) {
+	t.Parallel()
+	b := setupIdempotency(t, service.IdempotencyConfig{})
+	req := orderRequest("counted", `{"item":"book"}`)
+	require.NoError(t, b.claim(t, req).Complete(b.ctx, created("done")))
+
+	tx, err := b.pool.Begin(b.ctx)
+	require.NoError(t, err)
+	defer tx.Rollback(b.ctx) //nolint:errcheck // The transaction only reads statistics and claims a key that the rollback removes.
+	_, err = tx.Exec(b.ctx, `SET LOCAL track_functions = 'pl'`)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "42501" { // insufficient_privilege
+		t.Skip("setting track_functions needs a superuser")
+	}
+	require.NoError(t, err)
+
+	queries := dbgen.New(tx)
+	now := b.clock.Now()
+	params := dbgen.IdempotencyRecordClaimParams{
+		Now:         &now,
+		Scope:       "org:org-1",
+		Route:       "POST /orders",
+		Key:         req.Key,
+		RequestHash: req.Fingerprint(),
+		LockToken:   uuid.NewString(),
+		LeaseMs:     60000,
+		TtlMs:       86400000,
+	}
+	calls := func() int64 {
+		t.Helper()
+		var n *int64
+		require.NoError(t, tx.QueryRow(b.ctx,
+			`SELECT pg_stat_get_xact_function_calls('idempotency_record_claim'::regproc)`).Scan(&n))
+		if n == nil {
+			return 0
+		}
+		return *n
+	}
+
+	row, err := queries.IdempotencyRecordClaim(b.ctx, params)
+	require.NoError(t, err)
+	require.Equal(t, "completed", row.State)
+	require.Equal(t, int64(0), calls())
+
+	params.Key = "new"
+	row, err = queries.IdempotencyRecordClaim(b.ctx, params)
+	require.NoError(t, err)
+	require.Equal(t, "in_progress", row.State)
+	require.Equal(t, params.LockToken, row.LockToken.UUID.String())
+	require.Equal(t, int64(1), calls())
 }
 
 // v1Fingerprint computes a fingerprint the way pgguard's first release

@@ -270,6 +270,57 @@ func TestIdempotency(t *testing.T) {
 		require.Equal(t, int64(5), deleted)
 		require.Equal(t, 1, b.rowCount(t))
 	})
+
+	// Each batch starts at the last expires_at the previous one deleted.
+	// Batches end between records that expire at different times, and
+	// every expired record is deleted while the live one stays.
+	t.Run("PurgeExpiredContinuesAcrossBatches", func(t *testing.T) {
+		t.Parallel()
+		b := setupIdempotency(t, service.IdempotencyConfig{RecordTTL: time.Hour})
+
+		for _, key := range []string{"a", "b", "c", "d", "e", "f", "g"} {
+			require.NoError(t, b.claim(t, orderRequest(key, "{}")).Complete(b.ctx, created("{}")))
+			b.clock.Advance(time.Minute)
+		}
+		b.clock.Advance(time.Hour)
+		b.claim(t, orderRequest("fresh", "{}"))
+
+		deleted, err := b.idempotency.PurgeExpired(b.ctx, 3)
+		require.NoError(t, err)
+		require.Equal(t, int64(7), deleted)
+		require.Equal(t, 1, b.rowCount(t))
+		b.requireInFlight(t, orderRequest("fresh", "{}"))
+	})
+
+	// A record that a transaction holds locked is skipped, so the purge
+	// does not wait for it, and the next purge deletes it.
+	t.Run("PurgeExpiredLeavesLockedRecordForNextPurge", func(t *testing.T) {
+		t.Parallel()
+		b := setupIdempotency(t, service.IdempotencyConfig{RecordTTL: time.Hour})
+
+		for _, key := range []string{"a", "b", "c", "d", "e"} {
+			require.NoError(t, b.claim(t, orderRequest(key, "{}")).Complete(b.ctx, created("{}")))
+			b.clock.Advance(time.Minute)
+		}
+		b.clock.Advance(time.Hour)
+
+		tx, err := b.pool.Begin(b.ctx)
+		require.NoError(t, err)
+		defer tx.Rollback(b.ctx) //nolint:errcheck // After Commit it only returns ErrTxClosed.
+		_, err = tx.Exec(b.ctx, `SELECT 1 FROM idempotency_records WHERE key = 'b' FOR UPDATE`)
+		require.NoError(t, err)
+
+		deleted, err := b.idempotency.PurgeExpired(b.ctx, 2)
+		require.NoError(t, err)
+		require.Equal(t, int64(4), deleted)
+		require.Equal(t, 1, b.rowCount(t))
+
+		require.NoError(t, tx.Commit(b.ctx))
+		deleted, err = b.idempotency.PurgeExpired(b.ctx, 2)
+		require.NoError(t, err)
+		require.Equal(t, int64(1), deleted)
+		require.Equal(t, 0, b.rowCount(t))
+	})
 }
 
 func TestIdempotencyConcurrentDuplicates(t *testing.T) {

@@ -237,7 +237,7 @@ type Claim struct {
 //
 // A record whose RecordTTL has passed is replaced by a new claim.
 func (s *Idempotency) Begin(ctx context.Context, req Request) (*Claim, *StoredResponse, error) {
-	params, err := s.claimParams(req)
+	params, lockToken, err := s.claimParams(req)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -247,10 +247,10 @@ func (s *Idempotency) Begin(ctx context.Context, req Request) (*Claim, *StoredRe
 		return nil, nil, claimError(err)
 	}
 
-	if ownsRecord(row, params) {
-		return &Claim{idempotency: s, id: row.ID, lockToken: params.LockToken, LeaseExpiresAt: *row.LeaseExpiresAt}, nil, nil
+	if ownsRecord(row, lockToken) {
+		return &Claim{idempotency: s, id: row.ID, lockToken: lockToken, LeaseExpiresAt: *row.LeaseExpiresAt}, nil, nil
 	}
-	stored, err := s.existingRecord(row, req)
+	stored, err := s.existingRecord(row, params.RequestHash, req)
 	return nil, stored, err
 }
 
@@ -367,19 +367,28 @@ func (c *Claim) allowRetry(err error) {
 
 // PurgeExpired deletes records past their RecordTTL, batchSize rows per
 // statement, until none is left, and returns how many it deleted. Each
-// batch skips rows that another transaction has locked, so purges never
-// wait for requests or for each other. [IdempotencyCleaner] runs it
-// periodically.
+// batch starts at the last expires_at the previous one deleted, so it does
+// not step again over the index entries of deleted rows, which stay until
+// vacuum removes them. A batch skips rows that another transaction has
+// locked, so purges never wait for requests or for each other. The next
+// purge deletes a skipped row. [IdempotencyCleaner] runs it periodically.
 func (s *Idempotency) PurgeExpired(ctx context.Context, batchSize int) (int64, error) {
 	if batchSize < 1 {
 		return 0, invalidInput("batch size", fmt.Sprintf("%d; use a positive number of rows, for example 1000", batchSize))
 	}
 
+	var after *time.Time
 	total, err := deleteInBatches(batchSize, func() (int64, error) {
-		return s.queries.IdempotencyRecordDeleteExpired(ctx, dbgen.IdempotencyRecordDeleteExpiredParams{
+		row, err := s.queries.IdempotencyRecordDeleteExpired(ctx, dbgen.IdempotencyRecordDeleteExpiredParams{
 			Now:     s.now(),
+			After:   after,
 			MaxRows: int32(min(batchSize, 1<<31-1)),
 		})
+		if err != nil {
+			return 0, err
+		}
+		after = &row.LastExpiresAt
+		return row.Deleted, nil
 	})
 	if err != nil {
 		return total, unavailable("purge expired idempotency records", err)
@@ -417,28 +426,30 @@ func ValidateKey(key string) error {
 	return nil
 }
 
-// claimParams validates req and returns the arguments of the claim query,
-// with a new lock token.
-func (s *Idempotency) claimParams(req Request) (dbgen.IdempotencyRecordClaimParams, error) {
+// claimParams validates req and returns the arguments of the claim query
+// and the new lock token they contain. The query takes the token as text,
+// because pgx encodes a uuid.UUID argument through a failed binary encode
+// of its string form, which builds an error value on every call.
+func (s *Idempotency) claimParams(req Request) (dbgen.IdempotencyRecordClaimParams, uuid.UUID, error) {
 	scope, err := requestScope(req)
 	if err != nil {
-		return dbgen.IdempotencyRecordClaimParams{}, err
+		return dbgen.IdempotencyRecordClaimParams{}, uuid.UUID{}, err
 	}
 	route, err := recordRoute(req)
 	if err != nil {
-		return dbgen.IdempotencyRecordClaimParams{}, err
+		return dbgen.IdempotencyRecordClaimParams{}, uuid.UUID{}, err
 	}
 	if err := ValidateKey(req.Key); err != nil {
-		return dbgen.IdempotencyRecordClaimParams{}, err
+		return dbgen.IdempotencyRecordClaimParams{}, uuid.UUID{}, err
 	}
 	lease, err := s.requestLease(req)
 	if err != nil {
-		return dbgen.IdempotencyRecordClaimParams{}, err
+		return dbgen.IdempotencyRecordClaimParams{}, uuid.UUID{}, err
 	}
 
 	token, err := uuid.NewRandom()
 	if err != nil {
-		return dbgen.IdempotencyRecordClaimParams{}, fmt.Errorf("pgguard: failed to generate a lock token: %w", err)
+		return dbgen.IdempotencyRecordClaimParams{}, uuid.UUID{}, fmt.Errorf("pgguard: failed to generate a lock token: %w", err)
 	}
 	params := dbgen.IdempotencyRecordClaimParams{
 		Now:           s.now(),
@@ -446,7 +457,7 @@ func (s *Idempotency) claimParams(req Request) (dbgen.IdempotencyRecordClaimPara
 		Route:         route,
 		Key:           req.Key,
 		RequestHash:   req.Fingerprint(),
-		LockToken:     token,
+		LockToken:     token.String(),
 		LeaseMs:       lease.Milliseconds(),
 		TtlMs:         s.config.RecordTTL.Milliseconds(),
 		AllowTakeover: req.AllowTakeover,
@@ -455,7 +466,7 @@ func (s *Idempotency) claimParams(req Request) (dbgen.IdempotencyRecordClaimPara
 	if req.OrganizationID != "" {
 		params.OrganizationID = &req.OrganizationID
 	}
-	return params, nil
+	return params, token, nil
 }
 
 func (s *Idempotency) requestLease(req Request) (time.Duration, error) {
@@ -471,16 +482,16 @@ func (s *Idempotency) requestLease(req Request) (time.Duration, error) {
 }
 
 // ownsRecord reports whether the claim query gave the record to the caller
-// that sent params.
-func ownsRecord(row dbgen.IdempotencyRecordClaimRow, params dbgen.IdempotencyRecordClaimParams) bool {
-	return row.LockToken.Valid && row.LockToken.UUID == params.LockToken
+// that sent lockToken.
+func ownsRecord(row dbgen.IdempotencyRecordClaimRow, lockToken uuid.UUID) bool {
+	return row.LockToken.Valid && row.LockToken.UUID == lockToken
 }
 
-// existingRecord returns what a request gets for a record that another
-// request owns or settled: its stored response or the error that explains
-// why it has none.
-func (s *Idempotency) existingRecord(row dbgen.IdempotencyRecordClaimRow, req Request) (*StoredResponse, error) {
-	if !fingerprintMatches(row.RequestHash, req) {
+// existingRecord returns what req gets for a record that another request
+// owns or settled: its stored response or the error that explains why it
+// has none. fingerprint is req.Fingerprint(), computed once by the caller.
+func (s *Idempotency) existingRecord(row dbgen.IdempotencyRecordClaimRow, fingerprint string, req Request) (*StoredResponse, error) {
+	if !fingerprintMatches(row.RequestHash, fingerprint, req) {
 		return nil, ErrKeyReused
 	}
 
@@ -669,9 +680,11 @@ func storedResponse(row dbgen.IdempotencyRecordClaimRow) (*StoredResponse, error
 		stored.Status = int(*row.ResponseStatus)
 	}
 	if len(row.ResponseHeaders) > 0 {
-		if err := json.Unmarshal(row.ResponseHeaders, &stored.Header); err != nil {
+		header, err := decodeStoredHeaders(row.ResponseHeaders)
+		if err != nil {
 			return nil, fmt.Errorf("pgguard: stored response headers of record %d are not valid: %w", row.ID, err)
 		}
+		stored.Header = header
 	}
 	switch {
 	case row.ResponseBodyJson != nil:

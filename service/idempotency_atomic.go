@@ -56,7 +56,7 @@ func (s *Idempotency) Do(
 	if s.beginner == nil {
 		return StoredResponse{}, false, fmt.Errorf("%w: Do needs a database that can begin transactions, such as *pgxpool.Pool", ErrInvalidConfig)
 	}
-	params, err := s.claimParams(req)
+	params, lockToken, err := s.claimParams(req)
 	if err != nil {
 		return StoredResponse{}, false, err
 	}
@@ -73,9 +73,10 @@ func (s *Idempotency) Do(
 	if err != nil {
 		return StoredResponse{}, false, claimError(err)
 	}
-	if !ownsRecord(row, params) {
-		// The claim locked the record; the deferred rollback releases it.
-		stored, err := s.existingRecord(row, req)
+	if !ownsRecord(row, lockToken) {
+		// The claim may have locked the record; the deferred rollback
+		// releases it.
+		stored, err := s.existingRecord(row, params.RequestHash, req)
 		if err != nil {
 			return StoredResponse{}, false, err
 		}
@@ -89,7 +90,7 @@ func (s *Idempotency) Do(
 	if err := validateStatus(response.Status); err != nil {
 		return StoredResponse{}, false, err
 	}
-	if err := s.complete(ctx, queries, row.ID, params.LockToken, response); err != nil {
+	if err := s.complete(ctx, queries, row.ID, lockToken, response); err != nil {
 		return StoredResponse{}, false, err
 	}
 	if err := tx.Commit(ctx); err != nil {

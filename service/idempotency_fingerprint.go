@@ -57,14 +57,15 @@ func (r Request) Fingerprint() string {
 }
 
 // fingerprintMatches reports whether stored, a hash from an earlier
-// request, fingerprints req. Hashes of an older version are recomputed in
-// that version, so a retry of a request stored before an upgrade still
-// matches it.
-func fingerprintMatches(stored string, req Request) bool {
+// request, fingerprints req. fingerprint is req.Fingerprint(), passed in so
+// that a replay hashes the body once. Hashes of an older version are
+// recomputed in that version, so a retry of a request stored before an
+// upgrade still matches it.
+func fingerprintMatches(stored, fingerprint string, req Request) bool {
 	version, _, _ := strings.Cut(stored, ":")
 	switch version {
 	case fingerprintVersion:
-		return stored == req.Fingerprint()
+		return stored == fingerprint
 	case "v1":
 		// v1 did not cover path values, so it cannot match a request that
 		// has some.

@@ -144,14 +144,20 @@ func measurePurgeAtScale(ctx context.Context, env *benchEnv, opts scaleOptions) 
 func purgeThrottled(ctx context.Context, env *benchEnv, batchSize int, pause time.Duration) (int64, error) {
 	queries := dbgen.New(env.pool)
 	var total int64
+	var after *time.Time
 	for {
-		deleted, err := queries.IdempotencyRecordDeleteExpired(ctx, dbgen.IdempotencyRecordDeleteExpiredParams{
+		row, err := queries.IdempotencyRecordDeleteExpired(ctx, dbgen.IdempotencyRecordDeleteExpiredParams{
+			After:   after,
 			MaxRows: int32(batchSize),
 		})
-		total += deleted
-		if err != nil || deleted < int64(batchSize) {
+		if err != nil {
 			return total, err
 		}
+		total += row.Deleted
+		if row.Deleted < int64(batchSize) {
+			return total, nil
+		}
+		after = &row.LastExpiresAt
 		select {
 		case <-ctx.Done():
 			return total, ctx.Err()
