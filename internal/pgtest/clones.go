@@ -29,12 +29,6 @@ const readyClonePrefix = "pgguard_ready_"
 // another one.
 const staleCloneAge = 10 * time.Minute
 
-// concurrentCreates is the number of clones created at once, because two
-// FILE_COPY copies at a time share their checkpoints. Creating 8 clones
-// with psql took 40 ms per clone two at a time and 50 to 68 ms one at a
-// time (two-core machine, PostgreSQL 15, load average 8).
-const concurrentCreates = 2
-
 // warmupTimeout bounds the wait for the session that warmed a new clone to
 // end. When the session outlives it, the pool stops creating clones.
 const warmupTimeout = 5 * time.Second
@@ -194,8 +188,7 @@ func (p *clonePool) rename(ctx context.Context, candidate, name string) (bool, e
 }
 
 // fill drops the stale ready clones of other templates, then creates
-// clones while fewer than size are ready or being created, with up to
-// concurrentCreates at a time. It stops at the first failure to create or
+// clones while fewer than size are ready or being created. It stops at the first failure to create or
 // connect to a clone, and the tests then create their own clones, which
 // reports the error to them.
 //
@@ -222,20 +215,17 @@ func (p *clonePool) fill(ctx context.Context) {
 		return
 	}
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var creators sync.WaitGroup
-	for range concurrentCreates {
-		creators.Go(func() {
-			defer cancel()
-			p.create(ctx)
-		})
-	}
-	creators.Wait()
+	p.create(ctx)
 }
 
-// create runs one of the loops of fill. It returns when ctx is canceled or
-// a clone cannot be created.
+// create creates clones one at a time while fewer than size are ready. It
+// returns when ctx is canceled or a clone cannot be created.
+//
+// One at a time, because the time a test waits in its cleanup matters too.
+// Two FILE_COPY copies at a time created clones faster, but in 6
+// pgguard-bench runs each on a loaded two-core machine, the median drop in
+// a test's cleanup was about 170 ms with two copies at a time and 110 ms
+// with one.
 func (p *clonePool) create(ctx context.Context) {
 	for {
 		p.mu.Lock()
@@ -319,10 +309,12 @@ func cloneAge(name string) time.Duration {
 // the PostgreSQL 15 default, WAL_LOG. WAL_LOG is faster on its own, but it
 // writes the clone into shared buffers, where a ready clone waits dirty
 // until the next checkpoint, and every DROP DATABASE requests an immediate
-// checkpoint (dropdb in PostgreSQL's dbcommands.c). The drop in each test's
-// cleanup then writes out the ready clones. In 8 pgguard-bench runs each on
-// a loaded two-core machine with PostgreSQL 15, the median drop took 74 to
-// 641 ms with WAL_LOG clones and 44 to 157 ms with FILE_COPY clones.
+// checkpoint (dropdb in PostgreSQL's dbcommands.c). So the drop in each
+// test's cleanup writes out the ready clones. Over 18 pgguard-bench runs
+// with WAL_LOG clones and 24 with FILE_COPY clones, on a loaded two-core
+// machine with PostgreSQL 15, the median drop of a run was 73 to 642 ms
+// (165 ms in the middle run) with WAL_LOG and 45 to 356 ms (108 ms) with
+// FILE_COPY.
 func (p *clonePool) createReadyClone(ctx context.Context) (string, error) {
 	name := readyClonePrefix + p.tpl.id + "_" + strconv.FormatInt(time.Now().Unix(), 36) + "_" + strings.ToLower(rand.Text()[:8])
 

@@ -45,9 +45,9 @@ func newHarness(ctx context.Context, srv *pgfind.Server, migrations migrationSet
 	if err != nil {
 		return nil, fmt.Errorf("failed to configure a pool for %s: %w", srv.Source, err)
 	}
-	// The creators hold a connection each for a whole CREATE DATABASE, and
-	// the rest serve the renames of tests that run in parallel.
-	config.MaxConns = concurrentCreates + 6
+	// One connection runs the CREATE DATABASE of the next clone, and the
+	// others serve the renames of tests that run in parallel.
+	config.MaxConns = 4
 	admin, err := pgxpool.NewWithConfig(ctx, config)
 	if err != nil {
 		return nil, fmt.Errorf("failed to configure a pool for %s: %w", srv.Source, err)
