@@ -53,10 +53,11 @@ type options struct {
 	redisAddr string
 	applyPath string
 	// only selects the workloads whose "operation (design)" it matches.
-	only     *regexp.Regexp
-	scale    scaleOptions
-	clones   int
-	progress io.Writer
+	only      *regexp.Regexp
+	scale     scaleOptions
+	clones    int
+	cloneHold time.Duration
+	progress  io.Writer
 }
 
 func parseOptions(args []string, stderr io.Writer) (options, error) {
@@ -85,7 +86,8 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	flags.IntVar(&opts.scale.purgeBatch, "scale-purge-batch", 1000, "rows per DELETE in the purge scale case")
 	flags.DurationVar(&opts.scale.purgePause, "scale-purge-pause", 0, "pause after each batch of the purge scale case, to measure a throttled cleaner; 0 calls Idempotency.PurgeExpired")
 	flags.DurationVar(&opts.scale.insertTime, "scale-insert-time", 8*time.Second, "how long the purge scale case inserts without a purge, for its baseline")
-	flags.IntVar(&opts.clones, "clones", 20, "test databases to clone when timing the test harness; 0 skips it")
+	flags.IntVar(&opts.clones, "clones", 20, "test databases to open through internal/pgtest when timing the test harness; 0 skips it")
+	flags.DurationVar(&opts.cloneHold, "clone-hold", 50*time.Millisecond, "how long each timed test uses its database before dropping it, as a test body would; 0 drops it at once")
 
 	if err := flags.Parse(args); err != nil {
 		return options{}, err
@@ -111,6 +113,9 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	}
 	if err := opts.scale.validate(); err != nil {
 		return options{}, err
+	}
+	if opts.cloneHold < 0 {
+		return options{}, fmt.Errorf("-clone-hold is %s; use 0 or a positive duration", opts.cloneHold)
 	}
 	if opts.clones < 0 {
 		return options{}, fmt.Errorf("-clones is %d; use 0 to skip the harness timing or a positive count", opts.clones)
