@@ -35,6 +35,7 @@ import (
 var nonConstantSQLAllowed = map[string]string{
 	"internal/pgfind/database.go": "CREATE, ALTER and DROP DATABASE take the database name as an identifier, which cannot be a bind parameter; the name is quoted with pgx.Identifier.Sanitize",
 	"internal/pgtest/template.go": "ALTER DATABASE takes the template name as an identifier, quoted with pgx.Identifier.Sanitize",
+	"internal/pgtest/clones.go":   "CREATE, ALTER ... RENAME and DROP DATABASE take the names of test clones as identifiers, quoted with pgx.Identifier.Sanitize",
 }
 
 // skippedDirs are not scanned. cmd/pgguard-bench is a load tool outside the

@@ -45,9 +45,10 @@ func newHarness(ctx context.Context, srv *pgfind.Server, migrations migrationSet
 	if err != nil {
 		return nil, fmt.Errorf("failed to configure a pool for %s: %w", srv.Source, err)
 	}
-	// One connection runs the CREATE DATABASE of the next clone, and the
-	// others serve the renames of tests that run in parallel.
-	config.MaxConns = 4
+	// One connection runs the CREATE DATABASE of the next clone and the
+	// other serves the renames, so that a test process holds at most two
+	// connections to the admin database beside those of its tests.
+	config.MaxConns = 2
 	admin, err := pgxpool.NewWithConfig(ctx, config)
 	if err != nil {
 		return nil, fmt.Errorf("failed to configure a pool for %s: %w", srv.Source, err)
