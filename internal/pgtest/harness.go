@@ -46,8 +46,8 @@ func newHarness(ctx context.Context, srv *pgfind.Server, migrations migrationSet
 		return nil, fmt.Errorf("failed to configure a pool for %s: %w", srv.Source, err)
 	}
 	// One connection runs the CREATE DATABASE of the next clone and the
-	// other serves the renames, so that a test process holds at most two
-	// connections to the admin database beside those of its tests.
+	// other serves the renames, so that the pool keeps at most two
+	// connections open for the life of the test process.
 	config.MaxConns = 2
 	admin, err := pgxpool.NewWithConfig(ctx, config)
 	if err != nil {
