@@ -220,7 +220,7 @@ type IdempotencyRecordDeleteExpiredRow struct {
 // that earlier batches deleted, and a scan from the start steps over every
 // one. SKIP LOCKED lets several purgers run side by side and never waits on
 // a record a request is claiming. A skipped record that expired before
-// last_expires_at is left for the next purge.
+// last_expires_at is left for a later purge.
 func (q *Queries) IdempotencyRecordDeleteExpired(ctx context.Context, arg IdempotencyRecordDeleteExpiredParams) (IdempotencyRecordDeleteExpiredRow, error) {
 	row := q.db.QueryRow(ctx, idempotencyRecordDeleteExpired, arg.Now, arg.After, arg.MaxRows)
 	var i IdempotencyRecordDeleteExpiredRow

@@ -94,7 +94,7 @@ type Querier interface {
 	// that earlier batches deleted, and a scan from the start steps over every
 	// one. SKIP LOCKED lets several purgers run side by side and never waits on
 	// a record a request is claiming. A skipped record that expired before
-	// last_expires_at is left for the next purge.
+	// last_expires_at is left for a later purge.
 	IdempotencyRecordDeleteExpired(ctx context.Context, arg IdempotencyRecordDeleteExpiredParams) (IdempotencyRecordDeleteExpiredRow, error)
 	IdempotencyRecordGet(ctx context.Context, arg IdempotencyRecordGetParams) (IdempotencyRecordGetRow, error)
 	// Settles the record without a response, for a handler that failed after it

@@ -370,8 +370,8 @@ func (c *Claim) allowRetry(err error) {
 // batch starts at the last expires_at the previous one deleted, so it does
 // not step again over the index entries of deleted rows, which stay until
 // vacuum removes them. A batch skips rows that another transaction has
-// locked, so purges never wait for requests or for each other. The next
-// purge deletes a skipped row. [IdempotencyCleaner] runs it periodically.
+// locked and leaves them for a later purge, so purges never wait for
+// requests or for each other. [IdempotencyCleaner] runs it periodically.
 func (s *Idempotency) PurgeExpired(ctx context.Context, batchSize int) (int64, error) {
 	if batchSize < 1 {
 		return 0, invalidInput("batch size", fmt.Sprintf("%d; use a positive number of rows, for example 1000", batchSize))

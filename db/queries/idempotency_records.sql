@@ -134,7 +134,7 @@ WHERE id = @id
 -- that earlier batches deleted, and a scan from the start steps over every
 -- one. SKIP LOCKED lets several purgers run side by side and never waits on
 -- a record a request is claiming. A skipped record that expired before
--- last_expires_at is left for the next purge.
+-- last_expires_at is left for a later purge.
 WITH batch AS (
     SELECT id FROM idempotency_records
     WHERE expires_at <= coalesce(sqlc.narg('now')::timestamptz, now())
