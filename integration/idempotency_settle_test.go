@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"net/http"
+	"os"
 	"testing"
 	"time"
 
@@ -191,8 +192,9 @@ func TestIdempotencyClaimQueryCallsFunctionOnlyToClaim(t *testing.T) {
 	defer tx.Rollback(b.ctx) //nolint:errcheck // The transaction only reads statistics and claims a key that the rollback removes.
 	_, err = tx.Exec(b.ctx, `SET LOCAL track_functions = 'pl'`)
 	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == "42501" { // insufficient_privilege
-		t.Skip("setting track_functions needs a superuser")
+	if errors.As(err, &pgErr) && pgErr.Code == "42501" && os.Getenv("CI") == "" { // insufficient_privilege
+		// CI runs as a superuser, so there the test fails instead.
+		t.Skip("setting track_functions needs a superuser; run the tests as one to count the calls")
 	}
 	require.NoError(t, err)
 
