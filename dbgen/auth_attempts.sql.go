@@ -11,41 +11,57 @@ import (
 	"time"
 )
 
-const authAccountCounterDeleteIdle = `-- name: AuthAccountCounterDeleteIdle :execrows
-DELETE FROM auth_account_counters
-WHERE id IN (
+const authAccountCounterDeleteIdle = `-- name: AuthAccountCounterDeleteIdle :one
+WITH batch AS MATERIALIZED (
     SELECT id FROM auth_account_counters
-    WHERE id > $1::bigint AND id <= $2::bigint
-        AND last_attempt_at < $3::timestamptz
-        AND (locked_until IS NULL OR locked_until < $3::timestamptz)
-        AND hard_locked_at IS NULL
-        AND (consecutive_failures = 0 OR last_failure_at < $4::timestamptz)
-    FOR UPDATE SKIP LOCKED
+    WHERE id > $1::bigint
+    ORDER BY id
+    LIMIT $2::integer
+),
+deleted AS (
+    DELETE FROM auth_account_counters
+    WHERE id IN (
+        SELECT a.id FROM auth_account_counters a
+        WHERE a.id IN (SELECT id FROM batch)
+            AND a.last_attempt_at < $3::timestamptz
+            AND (a.locked_until IS NULL OR a.locked_until < $3::timestamptz)
+            AND a.hard_locked_at IS NULL
+            AND (a.consecutive_failures = 0 OR a.last_failure_at < $4::timestamptz)
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING 1
 )
+SELECT
+    (SELECT coalesce(max(id), 0) FROM batch)::bigint AS last_id,
+    (SELECT count(*) FROM deleted)::bigint AS deleted
 `
 
 type AuthAccountCounterDeleteIdleParams struct {
 	AfterID      int64     `json:"after_id"`
-	BeforeID     int64     `json:"before_id"`
+	MaxRows      int32     `json:"max_rows"`
 	IdleBefore   time.Time `json:"idle_before"`
 	StreakBefore time.Time `json:"streak_before"`
+}
+
+type AuthAccountCounterDeleteIdleRow struct {
+	LastID  int64 `json:"last_id"`
+	Deleted int64 `json:"deleted"`
 }
 
 // Like AuthAttemptDeleteIdle for account-wide counters. A hard-locked
 // account is never deleted. A streak toward the hard lock is kept until its
 // last failure is older than streak_before, so forgetting it costs an
 // attacker that long a pause.
-func (q *Queries) AuthAccountCounterDeleteIdle(ctx context.Context, arg AuthAccountCounterDeleteIdleParams) (int64, error) {
-	result, err := q.db.Exec(ctx, authAccountCounterDeleteIdle,
+func (q *Queries) AuthAccountCounterDeleteIdle(ctx context.Context, arg AuthAccountCounterDeleteIdleParams) (AuthAccountCounterDeleteIdleRow, error) {
+	row := q.db.QueryRow(ctx, authAccountCounterDeleteIdle,
 		arg.AfterID,
-		arg.BeforeID,
+		arg.MaxRows,
 		arg.IdleBefore,
 		arg.StreakBefore,
 	)
-	if err != nil {
-		return 0, err
-	}
-	return result.RowsAffected(), nil
+	var i AuthAccountCounterDeleteIdleRow
+	err := row.Scan(&i.LastID, &i.Deleted)
+	return i, err
 }
 
 const authAccountCounterListByEmail = `-- name: AuthAccountCounterListByEmail :many
@@ -91,7 +107,13 @@ func (q *Queries) AuthAccountCounterListByEmail(ctx context.Context, email strin
 }
 
 const authAccountUnlock = `-- name: AuthAccountUnlock :execrows
-UPDATE auth_account_counters
+WITH locked AS MATERIALIZED (
+    SELECT l.id FROM auth_account_counters l
+    WHERE l.email = $2
+    ORDER BY l.channel
+    FOR UPDATE
+)
+UPDATE auth_account_counters c
 SET
     failures_count = 0,
     pending_count = 0,
@@ -101,7 +123,8 @@ SET
     consecutive_failures = 0,
     hard_locked_at = NULL,
     updated_at = coalesce($1::timestamptz, now())
-WHERE email = $2
+FROM locked
+WHERE c.id = locked.id
 `
 
 type AuthAccountUnlockParams struct {
@@ -110,7 +133,9 @@ type AuthAccountUnlockParams struct {
 }
 
 // Clears the account-wide counters of one account on every channel, the
-// hard lock included.
+// hard lock included. The rows are locked in channel order first, the
+// order in which a login that ends every channel's streak locks them, so
+// the two cannot deadlock.
 func (q *Queries) AuthAccountUnlock(ctx context.Context, arg AuthAccountUnlockParams) (int64, error) {
 	result, err := q.db.Exec(ctx, authAccountUnlock, arg.Now, arg.Email)
 	if err != nil {
@@ -119,35 +144,53 @@ func (q *Queries) AuthAccountUnlock(ctx context.Context, arg AuthAccountUnlockPa
 	return result.RowsAffected(), nil
 }
 
-const authAttemptDeleteIdle = `-- name: AuthAttemptDeleteIdle :execrows
-DELETE FROM auth_attempts
-WHERE id IN (
+const authAttemptDeleteIdle = `-- name: AuthAttemptDeleteIdle :one
+WITH batch AS MATERIALIZED (
     SELECT id FROM auth_attempts
-    WHERE id > $1::bigint AND id <= $2::bigint
-        AND last_attempt_at < $3::timestamptz
-        AND (locked_until IS NULL OR locked_until < $3::timestamptz)
-    FOR UPDATE SKIP LOCKED
+    WHERE id > $1::bigint
+    ORDER BY id
+    LIMIT $2::integer
+),
+deleted AS (
+    DELETE FROM auth_attempts
+    WHERE id IN (
+        SELECT a.id FROM auth_attempts a
+        WHERE a.id IN (SELECT id FROM batch)
+            AND a.last_attempt_at < $3::timestamptz
+            AND (a.locked_until IS NULL OR a.locked_until < $3::timestamptz)
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING 1
 )
+SELECT
+    (SELECT coalesce(max(id), 0) FROM batch)::bigint AS last_id,
+    (SELECT count(*) FROM deleted)::bigint AS deleted
 `
 
 type AuthAttemptDeleteIdleParams struct {
 	AfterID    int64     `json:"after_id"`
-	BeforeID   int64     `json:"before_id"`
+	MaxRows    int32     `json:"max_rows"`
 	IdleBefore time.Time `json:"idle_before"`
 }
 
-// Deletes the account-and-source counters with an id in (after_id,
-// before_id] whose last attempt and lock both ended before the cutoff. A
-// purge walks the table by id in such ranges, so each statement reads and
-// deletes a bounded number of rows without an index on last_attempt_at,
-// which every login would have to update. SKIP LOCKED lets several
-// purgers run side by side and never waits on a row a login is updating.
-func (q *Queries) AuthAttemptDeleteIdle(ctx context.Context, arg AuthAttemptDeleteIdleParams) (int64, error) {
-	result, err := q.db.Exec(ctx, authAttemptDeleteIdle, arg.AfterID, arg.BeforeID, arg.IdleBefore)
-	if err != nil {
-		return 0, err
-	}
-	return result.RowsAffected(), nil
+type AuthAttemptDeleteIdleRow struct {
+	LastID  int64 `json:"last_id"`
+	Deleted int64 `json:"deleted"`
+}
+
+// Deletes, among the next max_rows account-and-source counters by id after
+// after_id, those whose last attempt and lock both ended before the
+// cutoff, and returns the last id it looked at (0 when none was left) and
+// how many it deleted. A purge walks the table by id this way, so each
+// statement reads and deletes at most max_rows rows without an index on
+// last_attempt_at, which every login would have to update. SKIP LOCKED
+// lets several purgers run side by side and never waits on a row a login
+// is updating.
+func (q *Queries) AuthAttemptDeleteIdle(ctx context.Context, arg AuthAttemptDeleteIdleParams) (AuthAttemptDeleteIdleRow, error) {
+	row := q.db.QueryRow(ctx, authAttemptDeleteIdle, arg.AfterID, arg.MaxRows, arg.IdleBefore)
+	var i AuthAttemptDeleteIdleRow
+	err := row.Scan(&i.LastID, &i.Deleted)
+	return i, err
 }
 
 const authAttemptListByEmail = `-- name: AuthAttemptListByEmail :many
@@ -217,28 +260,6 @@ func (q *Queries) AuthAttemptUnlockEmail(ctx context.Context, arg AuthAttemptUnl
 		return 0, err
 	}
 	return result.RowsAffected(), nil
-}
-
-const authCounterMaxIDs = `-- name: AuthCounterMaxIDs :one
-SELECT
-    (SELECT coalesce(max(id), 0) FROM auth_attempts)::bigint AS attempts,
-    (SELECT coalesce(max(id), 0) FROM auth_account_counters)::bigint AS account_counters,
-    (SELECT coalesce(max(id), 0) FROM auth_source_counters)::bigint AS source_counters
-`
-
-type AuthCounterMaxIDsRow struct {
-	Attempts        int64 `json:"attempts"`
-	AccountCounters int64 `json:"account_counters"`
-	SourceCounters  int64 `json:"source_counters"`
-}
-
-// Returns the highest id of each counter table, where a purge of idle
-// counters stops; 0 for an empty table.
-func (q *Queries) AuthCounterMaxIDs(ctx context.Context) (AuthCounterMaxIDsRow, error) {
-	row := q.db.QueryRow(ctx, authCounterMaxIDs)
-	var i AuthCounterMaxIDsRow
-	err := row.Scan(&i.Attempts, &i.AccountCounters, &i.SourceCounters)
-	return i, err
 }
 
 const authKnownSourceDeleteExpired = `-- name: AuthKnownSourceDeleteExpired :execrows
@@ -600,30 +621,46 @@ func (q *Queries) AuthLoginSettle(ctx context.Context, arg AuthLoginSettleParams
 	return settled, err
 }
 
-const authSourceCounterDeleteIdle = `-- name: AuthSourceCounterDeleteIdle :execrows
-DELETE FROM auth_source_counters
-WHERE id IN (
+const authSourceCounterDeleteIdle = `-- name: AuthSourceCounterDeleteIdle :one
+WITH batch AS MATERIALIZED (
     SELECT id FROM auth_source_counters
-    WHERE id > $1::bigint AND id <= $2::bigint
-        AND last_attempt_at < $3::timestamptz
-        AND (locked_until IS NULL OR locked_until < $3::timestamptz)
-    FOR UPDATE SKIP LOCKED
+    WHERE id > $1::bigint
+    ORDER BY id
+    LIMIT $2::integer
+),
+deleted AS (
+    DELETE FROM auth_source_counters
+    WHERE id IN (
+        SELECT a.id FROM auth_source_counters a
+        WHERE a.id IN (SELECT id FROM batch)
+            AND a.last_attempt_at < $3::timestamptz
+            AND (a.locked_until IS NULL OR a.locked_until < $3::timestamptz)
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING 1
 )
+SELECT
+    (SELECT coalesce(max(id), 0) FROM batch)::bigint AS last_id,
+    (SELECT count(*) FROM deleted)::bigint AS deleted
 `
 
 type AuthSourceCounterDeleteIdleParams struct {
 	AfterID    int64     `json:"after_id"`
-	BeforeID   int64     `json:"before_id"`
+	MaxRows    int32     `json:"max_rows"`
 	IdleBefore time.Time `json:"idle_before"`
 }
 
+type AuthSourceCounterDeleteIdleRow struct {
+	LastID  int64 `json:"last_id"`
+	Deleted int64 `json:"deleted"`
+}
+
 // Like AuthAttemptDeleteIdle for source-wide counters.
-func (q *Queries) AuthSourceCounterDeleteIdle(ctx context.Context, arg AuthSourceCounterDeleteIdleParams) (int64, error) {
-	result, err := q.db.Exec(ctx, authSourceCounterDeleteIdle, arg.AfterID, arg.BeforeID, arg.IdleBefore)
-	if err != nil {
-		return 0, err
-	}
-	return result.RowsAffected(), nil
+func (q *Queries) AuthSourceCounterDeleteIdle(ctx context.Context, arg AuthSourceCounterDeleteIdleParams) (AuthSourceCounterDeleteIdleRow, error) {
+	row := q.db.QueryRow(ctx, authSourceCounterDeleteIdle, arg.AfterID, arg.MaxRows, arg.IdleBefore)
+	var i AuthSourceCounterDeleteIdleRow
+	err := row.Scan(&i.LastID, &i.Deleted)
+	return i, err
 }
 
 const authSourceCounterListBySource = `-- name: AuthSourceCounterListBySource :many

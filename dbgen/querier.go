@@ -15,28 +15,29 @@ type Querier interface {
 	// account is never deleted. A streak toward the hard lock is kept until its
 	// last failure is older than streak_before, so forgetting it costs an
 	// attacker that long a pause.
-	AuthAccountCounterDeleteIdle(ctx context.Context, arg AuthAccountCounterDeleteIdleParams) (int64, error)
+	AuthAccountCounterDeleteIdle(ctx context.Context, arg AuthAccountCounterDeleteIdleParams) (AuthAccountCounterDeleteIdleRow, error)
 	// Lists the account-wide counters of one account, one per channel.
 	AuthAccountCounterListByEmail(ctx context.Context, email string) ([]AuthAccountCounter, error)
 	// Clears the account-wide counters of one account on every channel, the
-	// hard lock included.
+	// hard lock included. The rows are locked in channel order first, the
+	// order in which a login that ends every channel's streak locks them, so
+	// the two cannot deadlock.
 	AuthAccountUnlock(ctx context.Context, arg AuthAccountUnlockParams) (int64, error)
-	// Deletes the account-and-source counters with an id in (after_id,
-	// before_id] whose last attempt and lock both ended before the cutoff. A
-	// purge walks the table by id in such ranges, so each statement reads and
-	// deletes a bounded number of rows without an index on last_attempt_at,
-	// which every login would have to update. SKIP LOCKED lets several
-	// purgers run side by side and never waits on a row a login is updating.
-	AuthAttemptDeleteIdle(ctx context.Context, arg AuthAttemptDeleteIdleParams) (int64, error)
+	// Deletes, among the next max_rows account-and-source counters by id after
+	// after_id, those whose last attempt and lock both ended before the
+	// cutoff, and returns the last id it looked at (0 when none was left) and
+	// how many it deleted. A purge walks the table by id this way, so each
+	// statement reads and deletes at most max_rows rows without an index on
+	// last_attempt_at, which every login would have to update. SKIP LOCKED
+	// lets several purgers run side by side and never waits on a row a login
+	// is updating.
+	AuthAttemptDeleteIdle(ctx context.Context, arg AuthAttemptDeleteIdleParams) (AuthAttemptDeleteIdleRow, error)
 	// Lists the account-and-source counters of one account, every source and
 	// channel.
 	AuthAttemptListByEmail(ctx context.Context, email string) ([]AuthAttempt, error)
 	// Clears the account-and-source counters of one account, every source and
 	// channel.
 	AuthAttemptUnlockEmail(ctx context.Context, arg AuthAttemptUnlockEmailParams) (int64, error)
-	// Returns the highest id of each counter table, where a purge of idle
-	// counters stops; 0 for an empty table.
-	AuthCounterMaxIDs(ctx context.Context) (AuthCounterMaxIDsRow, error)
 	// Deletes at most max_rows known sources whose last success is older than
 	// the cutoff; they no longer count as known.
 	AuthKnownSourceDeleteExpired(ctx context.Context, arg AuthKnownSourceDeleteExpiredParams) (int64, error)
@@ -59,7 +60,7 @@ type Querier interface {
 	// Returns false when the attempt's counters are gone.
 	AuthLoginSettle(ctx context.Context, arg AuthLoginSettleParams) (bool, error)
 	// Like AuthAttemptDeleteIdle for source-wide counters.
-	AuthSourceCounterDeleteIdle(ctx context.Context, arg AuthSourceCounterDeleteIdleParams) (int64, error)
+	AuthSourceCounterDeleteIdle(ctx context.Context, arg AuthSourceCounterDeleteIdleParams) (AuthSourceCounterDeleteIdleRow, error)
 	// Lists the source-wide counters of one source, one per channel. A NULL
 	// ip selects the bucket of unknown sources.
 	AuthSourceCounterListBySource(ctx context.Context, ip *netip.Prefix) ([]AuthSourceCounter, error)

@@ -287,8 +287,8 @@ func parseLockCursor(cursor string) (string, int64, error) {
 // No statement reads or deletes more than batchSize rows, so none holds
 // many row locks. The counter tables have no index on the time of the last
 // attempt, which every login would have to update, so a purge walks each of
-// them by id, batchSize ids per statement: one purge reads every counter
-// once.
+// them in id order, batchSize rows per statement: one purge reads every
+// counter once.
 func (l *Lockout) PurgeIdle(ctx context.Context, retention time.Duration, batchSize int) (int64, error) {
 	if longest := l.longestWindow(); retention < longest {
 		return 0, invalidInput("retention", fmt.Sprintf("%s is shorter than the longest FailureWindow %s; idle counters must outlive it", retention, longest))
@@ -300,42 +300,45 @@ func (l *Lockout) PurgeIdle(ctx context.Context, retention time.Duration, batchS
 	if err != nil {
 		return 0, err
 	}
-	maxIDs, err := l.queries.AuthCounterMaxIDs(ctx)
-	if err != nil {
-		return 0, fmt.Errorf("pgguard: failed to purge idle lockout rows: %w", err)
-	}
 	idleBefore := now.Add(-retention)
 	streakBefore := now.Add(-l.config.StreakRetention)
+	maxRows := int32(batchSize)
 
-	walks := []struct {
-		maxID  int64
-		delete func(afterID, beforeID int64) (int64, error)
-	}{
-		{maxIDs.Attempts, func(afterID, beforeID int64) (int64, error) {
-			return l.queries.AuthAttemptDeleteIdle(ctx, dbgen.AuthAttemptDeleteIdleParams{
-				AfterID: afterID, BeforeID: beforeID, IdleBefore: idleBefore,
+	// Each walk deletes the idle rows among the next batch after afterID
+	// and returns the last id of that batch, or 0 at the end of the table.
+	walks := []func(afterID int64) (lastID, deleted int64, err error){
+		func(afterID int64) (int64, int64, error) {
+			row, err := l.queries.AuthAttemptDeleteIdle(ctx, dbgen.AuthAttemptDeleteIdleParams{
+				AfterID: afterID, MaxRows: maxRows, IdleBefore: idleBefore,
 			})
-		}},
-		{maxIDs.AccountCounters, func(afterID, beforeID int64) (int64, error) {
-			return l.queries.AuthAccountCounterDeleteIdle(ctx, dbgen.AuthAccountCounterDeleteIdleParams{
-				AfterID: afterID, BeforeID: beforeID, IdleBefore: idleBefore, StreakBefore: streakBefore,
+			return row.LastID, row.Deleted, err
+		},
+		func(afterID int64) (int64, int64, error) {
+			row, err := l.queries.AuthAccountCounterDeleteIdle(ctx, dbgen.AuthAccountCounterDeleteIdleParams{
+				AfterID: afterID, MaxRows: maxRows, IdleBefore: idleBefore, StreakBefore: streakBefore,
 			})
-		}},
-		{maxIDs.SourceCounters, func(afterID, beforeID int64) (int64, error) {
-			return l.queries.AuthSourceCounterDeleteIdle(ctx, dbgen.AuthSourceCounterDeleteIdleParams{
-				AfterID: afterID, BeforeID: beforeID, IdleBefore: idleBefore,
+			return row.LastID, row.Deleted, err
+		},
+		func(afterID int64) (int64, int64, error) {
+			row, err := l.queries.AuthSourceCounterDeleteIdle(ctx, dbgen.AuthSourceCounterDeleteIdleParams{
+				AfterID: afterID, MaxRows: maxRows, IdleBefore: idleBefore,
 			})
-		}},
+			return row.LastID, row.Deleted, err
+		},
 	}
 
 	var total int64
 	for _, walk := range walks {
-		for afterID := int64(0); afterID < walk.maxID; afterID += int64(batchSize) {
-			deleted, err := walk.delete(afterID, afterID+int64(batchSize))
+		for afterID := int64(0); ; {
+			lastID, deleted, err := walk(afterID)
 			total += deleted
 			if err != nil {
 				return total, fmt.Errorf("pgguard: failed to purge idle lockout rows: %w", err)
 			}
+			if lastID == 0 {
+				break
+			}
+			afterID = lastID
 		}
 	}
 

@@ -21,7 +21,9 @@ ALTER TABLE auth_source_counters SET (fillfactor = 70);
 -- expression of every CHECK constraint of a table again in each statement
 -- that writes the table, which was a quarter of the CPU a login used. A
 -- domain's check is cached for the session and runs only on the columns a
--- statement sets. The rules stay the same.
+-- statement sets. The rules stay the same. Changing the column types
+-- rewrites the three tables and their indexes under an ACCESS EXCLUSIVE
+-- lock, so logins wait until this migration ends.
 CREATE DOMAIN auth_email AS text
     CONSTRAINT auth_email_check CHECK (VALUE <> '' AND octet_length(VALUE) <= 320);
 CREATE DOMAIN auth_channel AS text
@@ -64,11 +66,9 @@ ALTER TABLE auth_source_counters
 -- the whole table on every later call. With seq scans off for these
 -- functions, every key is looked up through its unique index.
 --
--- Fewer statements per call: auth_login_begin checks the rows it locked
--- for a lock engaged meanwhile instead of looking for active locks a
--- second time, and auth_login_fail and auth_login_settle lock each row
--- with the UPDATE that changes it instead of a SELECT ... FOR UPDATE
--- first. The signatures stay the same.
+-- Fewer statements per call: auth_login_fail and auth_login_settle lock
+-- each row with the UPDATE that changes it instead of a SELECT ... FOR
+-- UPDATE first. The signatures stay the same.
 -- Reserves one attempt of (p_email, p_ip) on p_channel against all three
 -- counters, or decides why it cannot, in one call.
 --
@@ -177,30 +177,12 @@ BEGIN
     END LOOP;
 
     -- The waits above may have taken a while: decide with the time after
-    -- them, and check the locked rows again for a lock engaged meanwhile.
-    -- Locks of other channels were checked before the rows were locked;
-    -- this call takes effect as of that check, since nothing it writes
-    -- depends on their counters.
+    -- them, and check again for a lock engaged meanwhile, on any channel.
     v_now := coalesce(p_now, clock_timestamp());
-    v_tier := NULL;
-    v_until := NULL;
-    IF a.hard_locked_at IS NOT NULL THEN
-        RETURN ROW('locked', 'hard', NULL, NULL, false, v_now)::auth_login_decision;
-    END IF;
-    IF p.locked_until > v_now THEN
-        v_tier := 'account_source';
-        v_until := p.locked_until;
-    END IF;
-    IF NOT v_known AND a.locked_until > v_now AND a.locked_until > coalesce(v_until, '-infinity') THEN
-        v_tier := 'account';
-        v_until := a.locked_until;
-    END IF;
-    IF NOT v_known AND s.locked_until > v_now AND s.locked_until > coalesce(v_until, '-infinity') THEN
-        v_tier := 'source';
-        v_until := s.locked_until;
-    END IF;
-    IF v_tier IS NOT NULL THEN
-        RETURN ROW('locked', v_tier, NULL, v_until, false, v_now)::auth_login_decision;
+    SELECT l.tier, l.locked_until INTO v_tier, v_until
+    FROM auth_login_active_lock(p_email, p_ip, v_now, v_known) l;
+    IF FOUND THEN
+        RETURN ROW('locked', v_tier, NULL, nullif(v_until, 'infinity'), false, v_now)::auth_login_decision;
     END IF;
 
     a_norm := auth_counter_normalize(a.failures_count, a.pending_count, a.lock_count, a.last_failure_at,
@@ -326,6 +308,12 @@ $$;
 -- counted as abandoned (pending_count is 0) is not counted twice, and an
 -- active lock is never extended. Returns NULL when the attempt's own row
 -- is gone (purged); a purged account-wide or source-wide row is skipped.
+--
+-- NOTE: a purge can delete the attempt's own row while this call waits
+-- for the account-wide row. The failure then still counts there and may
+-- engage its lock, but the NULL result tells the caller nothing of it, so
+-- no lock event is emitted. Purges delete only rows idle for longer than
+-- every failure window, so this needs an attempt in flight that long.
 --
 -- Each UPDATE locks its row, in the order auth_login_begin uses, and reads
 -- the row as it is after any wait, so no SELECT ... FOR UPDATE is needed. A

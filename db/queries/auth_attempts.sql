@@ -138,8 +138,16 @@ LIMIT @max_rows;
 
 -- name: AuthAccountUnlock :execrows
 -- Clears the account-wide counters of one account on every channel, the
--- hard lock included.
-UPDATE auth_account_counters
+-- hard lock included. The rows are locked in channel order first, the
+-- order in which a login that ends every channel's streak locks them, so
+-- the two cannot deadlock.
+WITH locked AS MATERIALIZED (
+    SELECT l.id FROM auth_account_counters l
+    WHERE l.email = @email
+    ORDER BY l.channel
+    FOR UPDATE
+)
+UPDATE auth_account_counters c
 SET
     failures_count = 0,
     pending_count = 0,
@@ -149,7 +157,8 @@ SET
     consecutive_failures = 0,
     hard_locked_at = NULL,
     updated_at = coalesce(sqlc.narg('now')::timestamptz, now())
-WHERE email = @email;
+FROM locked
+WHERE c.id = locked.id;
 
 -- name: AuthAttemptUnlockEmail :execrows
 -- Clears the account-and-source counters of one account, every source and
@@ -176,56 +185,86 @@ SET
     updated_at = coalesce(sqlc.narg('now')::timestamptz, now())
 WHERE ip = sqlc.narg('ip') OR (ip IS NULL AND sqlc.narg('ip') IS NULL);
 
--- name: AuthCounterMaxIDs :one
--- Returns the highest id of each counter table, where a purge of idle
--- counters stops; 0 for an empty table.
-SELECT
-    (SELECT coalesce(max(id), 0) FROM auth_attempts)::bigint AS attempts,
-    (SELECT coalesce(max(id), 0) FROM auth_account_counters)::bigint AS account_counters,
-    (SELECT coalesce(max(id), 0) FROM auth_source_counters)::bigint AS source_counters;
-
--- name: AuthAttemptDeleteIdle :execrows
--- Deletes the account-and-source counters with an id in (after_id,
--- before_id] whose last attempt and lock both ended before the cutoff. A
--- purge walks the table by id in such ranges, so each statement reads and
--- deletes a bounded number of rows without an index on last_attempt_at,
--- which every login would have to update. SKIP LOCKED lets several
--- purgers run side by side and never waits on a row a login is updating.
-DELETE FROM auth_attempts
-WHERE id IN (
+-- name: AuthAttemptDeleteIdle :one
+-- Deletes, among the next max_rows account-and-source counters by id after
+-- after_id, those whose last attempt and lock both ended before the
+-- cutoff, and returns the last id it looked at (0 when none was left) and
+-- how many it deleted. A purge walks the table by id this way, so each
+-- statement reads and deletes at most max_rows rows without an index on
+-- last_attempt_at, which every login would have to update. SKIP LOCKED
+-- lets several purgers run side by side and never waits on a row a login
+-- is updating.
+WITH batch AS MATERIALIZED (
     SELECT id FROM auth_attempts
-    WHERE id > @after_id::bigint AND id <= @before_id::bigint
-        AND last_attempt_at < @idle_before::timestamptz
-        AND (locked_until IS NULL OR locked_until < @idle_before::timestamptz)
-    FOR UPDATE SKIP LOCKED
-);
+    WHERE id > @after_id::bigint
+    ORDER BY id
+    LIMIT @max_rows::integer
+),
+deleted AS (
+    DELETE FROM auth_attempts
+    WHERE id IN (
+        SELECT a.id FROM auth_attempts a
+        WHERE a.id IN (SELECT id FROM batch)
+            AND a.last_attempt_at < @idle_before::timestamptz
+            AND (a.locked_until IS NULL OR a.locked_until < @idle_before::timestamptz)
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING 1
+)
+SELECT
+    (SELECT coalesce(max(id), 0) FROM batch)::bigint AS last_id,
+    (SELECT count(*) FROM deleted)::bigint AS deleted;
 
--- name: AuthAccountCounterDeleteIdle :execrows
+-- name: AuthAccountCounterDeleteIdle :one
 -- Like AuthAttemptDeleteIdle for account-wide counters. A hard-locked
 -- account is never deleted. A streak toward the hard lock is kept until its
 -- last failure is older than streak_before, so forgetting it costs an
 -- attacker that long a pause.
-DELETE FROM auth_account_counters
-WHERE id IN (
+WITH batch AS MATERIALIZED (
     SELECT id FROM auth_account_counters
-    WHERE id > @after_id::bigint AND id <= @before_id::bigint
-        AND last_attempt_at < @idle_before::timestamptz
-        AND (locked_until IS NULL OR locked_until < @idle_before::timestamptz)
-        AND hard_locked_at IS NULL
-        AND (consecutive_failures = 0 OR last_failure_at < @streak_before::timestamptz)
-    FOR UPDATE SKIP LOCKED
-);
+    WHERE id > @after_id::bigint
+    ORDER BY id
+    LIMIT @max_rows::integer
+),
+deleted AS (
+    DELETE FROM auth_account_counters
+    WHERE id IN (
+        SELECT a.id FROM auth_account_counters a
+        WHERE a.id IN (SELECT id FROM batch)
+            AND a.last_attempt_at < @idle_before::timestamptz
+            AND (a.locked_until IS NULL OR a.locked_until < @idle_before::timestamptz)
+            AND a.hard_locked_at IS NULL
+            AND (a.consecutive_failures = 0 OR a.last_failure_at < @streak_before::timestamptz)
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING 1
+)
+SELECT
+    (SELECT coalesce(max(id), 0) FROM batch)::bigint AS last_id,
+    (SELECT count(*) FROM deleted)::bigint AS deleted;
 
--- name: AuthSourceCounterDeleteIdle :execrows
+-- name: AuthSourceCounterDeleteIdle :one
 -- Like AuthAttemptDeleteIdle for source-wide counters.
-DELETE FROM auth_source_counters
-WHERE id IN (
+WITH batch AS MATERIALIZED (
     SELECT id FROM auth_source_counters
-    WHERE id > @after_id::bigint AND id <= @before_id::bigint
-        AND last_attempt_at < @idle_before::timestamptz
-        AND (locked_until IS NULL OR locked_until < @idle_before::timestamptz)
-    FOR UPDATE SKIP LOCKED
-);
+    WHERE id > @after_id::bigint
+    ORDER BY id
+    LIMIT @max_rows::integer
+),
+deleted AS (
+    DELETE FROM auth_source_counters
+    WHERE id IN (
+        SELECT a.id FROM auth_source_counters a
+        WHERE a.id IN (SELECT id FROM batch)
+            AND a.last_attempt_at < @idle_before::timestamptz
+            AND (a.locked_until IS NULL OR a.locked_until < @idle_before::timestamptz)
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING 1
+)
+SELECT
+    (SELECT coalesce(max(id), 0) FROM batch)::bigint AS last_id,
+    (SELECT count(*) FROM deleted)::bigint AS deleted;
 
 -- name: AuthKnownSourceDeleteExpired :execrows
 -- Deletes at most max_rows known sources whose last success is older than
