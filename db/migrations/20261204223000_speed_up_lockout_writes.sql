@@ -14,6 +14,12 @@ DROP INDEX auth_attempts_last_attempt_at_idx;
 DROP INDEX auth_account_counters_last_attempt_at_idx;
 DROP INDEX auth_source_counters_last_attempt_at_idx;
 ALTER TABLE auth_attempts SET (fillfactor = 70);
+
+-- No query looks account-and-source counters up by source alone, and
+-- Postgres could pick this index for the lookups by email and source: on
+-- a source that sprayed many accounts, each login then read every counter
+-- of that source.
+DROP INDEX auth_attempts_ip_idx;
 ALTER TABLE auth_account_counters SET (fillfactor = 70);
 ALTER TABLE auth_source_counters SET (fillfactor = 70);
 
@@ -974,3 +980,4 @@ ALTER TABLE auth_attempts RESET (fillfactor);
 CREATE INDEX auth_source_counters_last_attempt_at_idx ON auth_source_counters (last_attempt_at);
 CREATE INDEX auth_account_counters_last_attempt_at_idx ON auth_account_counters (last_attempt_at);
 CREATE INDEX auth_attempts_last_attempt_at_idx ON auth_attempts (last_attempt_at);
+CREATE INDEX auth_attempts_ip_idx ON auth_attempts (ip);
