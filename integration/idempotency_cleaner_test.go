@@ -37,6 +37,37 @@ func TestIdempotencyCleaner(t *testing.T) {
 		b.requireInFlight(t, orderRequest("fresh", "{}"))
 	})
 
+	t.Run("PurgeOncePausesBetweenBatches", func(t *testing.T) {
+		t.Parallel()
+		b := setupIdempotency(t, service.IdempotencyConfig{RecordTTL: time.Hour})
+		for _, key := range []string{"a", "b", "c", "d", "e"} {
+			require.NoError(t, b.claim(t, orderRequest(key, "{}")).Complete(b.ctx, created("{}")))
+		}
+		b.clock.Advance(time.Hour)
+		cleaner, err := service.NewIdempotencyCleaner(b.idempotency, service.IdempotencyCleanerConfig{BatchSize: 2})
+		require.NoError(t, err)
+		require.Equal(t, 10*time.Millisecond, cleaner.Config().BatchPause)
+
+		deleted, err := cleaner.PurgeOnce(b.ctx)
+		require.NoError(t, err)
+		require.Equal(t, int64(5), deleted)
+		require.Zero(t, b.rowCount(t))
+
+		// A context that ends during a pause stops the pass there.
+		for _, key := range []string{"f", "g", "h"} {
+			require.NoError(t, b.claim(t, orderRequest(key, "{}")).Complete(b.ctx, created("{}")))
+		}
+		b.clock.Advance(time.Hour)
+		slow, err := service.NewIdempotencyCleaner(b.idempotency, service.IdempotencyCleanerConfig{BatchSize: 2, BatchPause: time.Hour})
+		require.NoError(t, err)
+		ctx, cancel := context.WithTimeout(b.ctx, 200*time.Millisecond)
+		defer cancel()
+		deleted, err = slow.PurgeOnce(ctx)
+		require.ErrorIs(t, err, context.DeadlineExceeded)
+		require.Equal(t, int64(2), deleted)
+		require.Equal(t, 1, b.rowCount(t))
+	})
+
 	t.Run("ConfigValidation", func(t *testing.T) {
 		t.Parallel()
 		b := setupIdempotency(t, service.IdempotencyConfig{})

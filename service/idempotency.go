@@ -373,12 +373,26 @@ func (c *Claim) allowRetry(err error) {
 // locked and leaves them for a later purge, so purges never wait for
 // requests or for each other. [IdempotencyCleaner] runs it periodically.
 func (s *Idempotency) PurgeExpired(ctx context.Context, batchSize int) (int64, error) {
+	return s.purgeExpired(ctx, batchSize, 0)
+}
+
+// purgeExpired is PurgeExpired with a pause after each full batch.
+func (s *Idempotency) purgeExpired(ctx context.Context, batchSize int, pause time.Duration) (int64, error) {
 	if batchSize < 1 {
 		return 0, invalidInput("batch size", fmt.Sprintf("%d; use a positive number of rows, for example 1000", batchSize))
 	}
 
 	var after *time.Time
 	total, err := deleteInBatches(batchSize, func() (int64, error) {
+		if after != nil && pause > 0 {
+			wait := time.NewTimer(pause)
+			select {
+			case <-ctx.Done():
+				wait.Stop()
+				return 0, ctx.Err()
+			case <-wait.C:
+			}
+		}
 		row, err := s.queries.IdempotencyRecordDeleteExpired(ctx, dbgen.IdempotencyRecordDeleteExpiredParams{
 			Now:     s.now(),
 			After:   after,

@@ -19,6 +19,13 @@ type IdempotencyCleanerConfig struct {
 	// Defaults to 1000.
 	BatchSize int
 
+	// BatchPause is how long the cleaner waits after each full batch. Each
+	// batch's commit flushes the WAL of the rows it deleted, and the
+	// commits of requests wait behind that flush; the pause leaves room
+	// for them. Defaults to 10 milliseconds; a negative value runs the
+	// batches back to back.
+	BatchPause time.Duration
+
 	// Logger receives the number of records each purge deleted and purge
 	// errors. Defaults to the Logger of the Idempotency.
 	Logger *slog.Logger
@@ -30,6 +37,9 @@ func (c IdempotencyCleanerConfig) withDefaults(idempotency *Idempotency) Idempot
 	}
 	if c.BatchSize == 0 {
 		c.BatchSize = 1000
+	}
+	if c.BatchPause == 0 {
+		c.BatchPause = 10 * time.Millisecond
 	}
 	if c.Logger == nil {
 		c.Logger = idempotency.config.Logger
@@ -76,7 +86,8 @@ func (c *IdempotencyCleaner) Run(ctx context.Context) error {
 
 	c.config.Logger.LogAttrs(ctx, slog.LevelInfo, "pgguard: idempotency cleaner started",
 		slog.Duration("interval", c.config.Interval),
-		slog.Int("batch_size", c.config.BatchSize))
+		slog.Int("batch_size", c.config.BatchSize),
+		slog.Duration("batch_pause", c.config.BatchPause))
 	for {
 		c.purge(ctx)
 		select {
@@ -88,9 +99,21 @@ func (c *IdempotencyCleaner) Run(ctx context.Context) error {
 	}
 }
 
+// Config returns the cleaner's configuration, defaults filled in.
+func (c *IdempotencyCleaner) Config() IdempotencyCleanerConfig {
+	return c.config
+}
+
+// PurgeOnce deletes the records expired now, in batches of BatchSize with
+// BatchPause after each full batch, and returns how many it deleted. Run
+// calls it every Interval.
+func (c *IdempotencyCleaner) PurgeOnce(ctx context.Context) (int64, error) {
+	return c.idempotency.purgeExpired(ctx, c.config.BatchSize, max(c.config.BatchPause, 0))
+}
+
 func (c *IdempotencyCleaner) purge(ctx context.Context) {
 	started := time.Now()
-	deleted, err := c.idempotency.PurgeExpired(ctx, c.config.BatchSize)
+	deleted, err := c.PurgeOnce(ctx)
 	switch {
 	case err != nil && ctx.Err() != nil:
 		// Run is stopping; the interrupted purge is not a failure.

@@ -84,7 +84,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	flags.IntVar(&opts.scale.expired, "scale-expired", 900000, "expired records among -scale-records")
 	flags.IntVar(&opts.scale.accounts, "scale-accounts", 100000, "accounts sprayed in the spraying scale case")
 	flags.IntVar(&opts.scale.purgeBatch, "scale-purge-batch", 1000, "rows per DELETE in the purge scale case")
-	flags.DurationVar(&opts.scale.purgePause, "scale-purge-pause", 0, "pause after each batch of the purge scale case, to measure a throttled cleaner; 0 calls Idempotency.PurgeExpired")
+	flags.DurationVar(&opts.scale.purgePause, "scale-purge-pause", 0, "pause after each batch of the purge scale case, as IdempotencyCleanerConfig.BatchPause: 0 for the cleaner's default, negative for none")
 	flags.DurationVar(&opts.scale.insertTime, "scale-insert-time", 8*time.Second, "how long the purge scale case inserts without a purge, for its baseline")
 	flags.IntVar(&opts.clones, "clones", 20, "test databases to open through internal/pgtest when timing the test harness; 0 skips it")
 	flags.DurationVar(&opts.cloneHold, "clone-hold", 50*time.Millisecond, "how long each timed test uses its database before dropping it, as a test body would; 0 drops it at once")

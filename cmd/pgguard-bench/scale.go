@@ -47,9 +47,8 @@ type scaleOptions struct {
 	insertTime time.Duration
 	// purgeBatch is the batch size of the purge case.
 	purgeBatch int
-	// purgePause, when positive, makes the purge case pause this long
-	// after each batch, as a throttled cleaner would, instead of calling
-	// Idempotency.PurgeExpired, which runs its batches back to back.
+	// purgePause is the purge case's IdempotencyCleanerConfig.BatchPause:
+	// 0 for the cleaner's default, negative for none.
 	purgePause time.Duration
 }
 
@@ -67,8 +66,6 @@ func (o scaleOptions) validate() error {
 		return fmt.Errorf("-scale-insert-time is %s; use at least 100ms", o.insertTime)
 	case o.purgeBatch < 1:
 		return fmt.Errorf("-scale-purge-batch is %d; use a positive number of rows", o.purgeBatch)
-	case o.purgePause < 0:
-		return fmt.Errorf("-scale-purge-pause is %s; use 0 or a positive duration", o.purgePause)
 	}
 	return nil
 }

@@ -9,7 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/pgguard/pgguard/dbgen"
+	"github.com/pgguard/pgguard/service"
 )
 
 // The inserts of the purge case arrive at a fixed rate, well below what the
@@ -38,7 +38,7 @@ type purgeScaleResult struct {
 	PurgedRows    int64   `json:"purged_rows"`
 	RowsPerSecond float64 `json:"purged_rows_per_second"`
 	BatchSize     int     `json:"batch_size"`
-	// Pause is the pause after each batch; "0s" for PurgeExpired.
+	// Pause is the cleaner's pause after each full batch; "0s" for none.
 	Pause              string  `json:"pause"`
 	Batches            int     `json:"batches"`
 	BatchP50Ms         float64 `json:"batch_p50_ms"`
@@ -62,18 +62,25 @@ func statsOf(latencies []time.Duration) latencyStats {
 
 // measurePurgeAtScale fills idempotency_records up to opts.records rows,
 // opts.expired of them expired, then times paced first requests for
-// opts.insertTime, then again while Idempotency.PurgeExpired deletes the
-// expired rows.
+// opts.insertTime, then again while one pass of an IdempotencyCleaner,
+// with opts.purgeBatch and opts.purgePause, deletes the expired rows.
 func measurePurgeAtScale(ctx context.Context, env *benchEnv, opts scaleOptions) (*purgeScaleResult, error) {
 	records, expired := opts.records, opts.expired
 	env.progress("Scale: seeding %d idempotency records, %d of them expired", records, expired)
+	cleaner, err := service.NewIdempotencyCleaner(env.idempotency, service.IdempotencyCleanerConfig{
+		BatchSize:  opts.purgeBatch,
+		BatchPause: opts.purgePause,
+	})
+	if err != nil {
+		return nil, err
+	}
 	result := &purgeScaleResult{
 		Records:    records,
 		Expired:    expired,
 		InsertRate: scaleInsertRate,
 		Clients:    scaleInsertClients,
 		BatchSize:  opts.purgeBatch,
-		Pause:      opts.purgePause.String(),
+		Pause:      max(cleaner.Config().BatchPause, 0).String(),
 	}
 	began := time.Now()
 	if err := seedRecords(ctx, env.pool, "scale-expired-", int64(expired), true); err != nil {
@@ -111,11 +118,7 @@ func measurePurgeAtScale(ctx context.Context, env *benchEnv, opts scaleOptions) 
 	go func() {
 		defer close(stop)
 		began := time.Now()
-		if opts.purgePause > 0 {
-			result.PurgedRows, purgeErr = purgeThrottled(purgeCtx, env, opts.purgeBatch, opts.purgePause)
-		} else {
-			result.PurgedRows, purgeErr = env.idempotency.PurgeExpired(purgeCtx, opts.purgeBatch)
-		}
+		result.PurgedRows, purgeErr = cleaner.PurgeOnce(purgeCtx)
 		result.PurgeSeconds = time.Since(began).Seconds()
 	}()
 	during, err := runPaced(ctx, insert, scaleInsertClients, scaleInsertRate, stop)
@@ -136,34 +139,6 @@ func measurePurgeAtScale(ctx context.Context, env *benchEnv, opts scaleOptions) 
 	result.RowsPerSecond = float64(result.PurgedRows) / result.PurgeSeconds
 	result.P99Ratio = result.During.P99Ms / result.Without.P99Ms
 	return result, nil
-}
-
-// purgeThrottled runs the DELETE statement of Idempotency.PurgeExpired
-// batch by batch, with a pause after each, until a batch deletes fewer than
-// batchSize rows.
-func purgeThrottled(ctx context.Context, env *benchEnv, batchSize int, pause time.Duration) (int64, error) {
-	queries := dbgen.New(env.pool)
-	var total int64
-	var after *time.Time
-	for {
-		row, err := queries.IdempotencyRecordDeleteExpired(ctx, dbgen.IdempotencyRecordDeleteExpiredParams{
-			After:   after,
-			MaxRows: int32(batchSize),
-		})
-		if err != nil {
-			return total, err
-		}
-		total += row.Deleted
-		if row.Deleted < int64(batchSize) {
-			return total, nil
-		}
-		after = &row.LastExpiresAt
-		select {
-		case <-ctx.Done():
-			return total, ctx.Err()
-		case <-time.After(pause):
-		}
-	}
 }
 
 // seedRecords inserts count completed records keyed "<prefix><n>". Expired
