@@ -58,12 +58,17 @@ func TestIdempotencyCleaner(t *testing.T) {
 			require.NoError(t, b.claim(t, orderRequest(key, "{}")).Complete(b.ctx, created("{}")))
 		}
 		b.clock.Advance(time.Hour)
-		slow, err := service.NewIdempotencyCleaner(b.idempotency, service.IdempotencyCleanerConfig{BatchSize: 2, BatchPause: time.Hour})
+		slow, err := service.NewIdempotencyCleaner(b.idempotency, service.IdempotencyCleanerConfig{
+			Interval:   2 * time.Hour,
+			BatchSize:  2,
+			BatchPause: time.Hour,
+		})
 		require.NoError(t, err)
 		ctx, cancel := context.WithTimeout(b.ctx, 200*time.Millisecond)
 		defer cancel()
 		deleted, err = slow.PurgeOnce(ctx)
 		require.ErrorIs(t, err, context.DeadlineExceeded)
+		require.NotErrorIs(t, err, service.ErrUnavailable, "the database did nothing wrong")
 		require.Equal(t, int64(2), deleted)
 		require.Equal(t, 1, b.rowCount(t))
 	})
@@ -73,14 +78,19 @@ func TestIdempotencyCleaner(t *testing.T) {
 		b := setupIdempotency(t, service.IdempotencyConfig{})
 
 		cases := map[string]service.IdempotencyCleanerConfig{
-			"Interval":  {Interval: -time.Second},
-			"BatchSize": {BatchSize: -1},
+			"Interval":   {Interval: -time.Second},
+			"BatchSize":  {BatchSize: -1},
+			"BatchPause": {BatchPause: 2 * time.Minute},
 		}
 		for field, config := range cases {
 			_, err := service.NewIdempotencyCleaner(b.idempotency, config)
 			require.ErrorIs(t, err, service.ErrInvalidConfig, field)
 			require.ErrorContains(t, err, field)
 		}
+
+		_, err := service.NewIdempotencyCleaner(nil, service.IdempotencyCleanerConfig{})
+		require.ErrorIs(t, err, service.ErrInvalidConfig)
+		require.ErrorContains(t, err, "NewIdempotency")
 	})
 }
 

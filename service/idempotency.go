@@ -383,13 +383,17 @@ func (s *Idempotency) purgeExpired(ctx context.Context, batchSize int, pause tim
 	}
 
 	var after *time.Time
+	// stopped is the context's error when it ended during a pause; the
+	// database is not at fault then, so the error is not ErrUnavailable.
+	var stopped error
 	total, err := deleteInBatches(batchSize, func() (int64, error) {
 		if after != nil && pause > 0 {
 			wait := time.NewTimer(pause)
 			select {
 			case <-ctx.Done():
 				wait.Stop()
-				return 0, ctx.Err()
+				stopped = ctx.Err()
+				return 0, stopped
 			case <-wait.C:
 			}
 		}
@@ -404,6 +408,9 @@ func (s *Idempotency) purgeExpired(ctx context.Context, batchSize int, pause tim
 		after = &row.LastExpiresAt
 		return row.Deleted, nil
 	})
+	if stopped != nil {
+		return total, fmt.Errorf("pgguard: stopped purging expired idempotency records between batches: %w", stopped)
+	}
 	if err != nil {
 		return total, unavailable("purge expired idempotency records", err)
 	}

@@ -21,9 +21,9 @@ type IdempotencyCleanerConfig struct {
 
 	// BatchPause is how long the cleaner waits after each full batch. Each
 	// batch's commit flushes the WAL of the rows it deleted, and the
-	// commits of requests wait behind that flush; the pause leaves room
+	// commits of requests wait behind that flush, so the pause leaves room
 	// for them. Defaults to 10 milliseconds; a negative value runs the
-	// batches back to back.
+	// batches back to back. It may not exceed Interval.
 	BatchPause time.Duration
 
 	// Logger receives the number of records each purge deleted and purge
@@ -53,6 +53,8 @@ func (c IdempotencyCleanerConfig) validate() error {
 		return invalidConfig("Interval", "is %s; use a positive duration of at least 1ms", c.Interval)
 	case c.BatchSize < 1:
 		return invalidConfig("BatchSize", "is %d; use a positive number of rows", c.BatchSize)
+	case c.BatchPause > c.Interval:
+		return invalidConfig("BatchPause", "is %s, longer than Interval %s; use a pause of a few milliseconds, or a negative value for none", c.BatchPause, c.Interval)
 	}
 	return nil
 }
@@ -70,6 +72,9 @@ type IdempotencyCleaner struct {
 // It returns an error wrapping [ErrInvalidConfig] when a config field is
 // out of range.
 func NewIdempotencyCleaner(idempotency *Idempotency, config IdempotencyCleanerConfig) (*IdempotencyCleaner, error) {
+	if idempotency == nil {
+		return nil, invalidConfig("idempotency", "is nil; pass the *Idempotency returned by NewIdempotency")
+	}
 	config = config.withDefaults(idempotency)
 	if err := config.validate(); err != nil {
 		return nil, err
@@ -117,6 +122,11 @@ func (c *IdempotencyCleaner) purge(ctx context.Context) {
 	switch {
 	case err != nil && ctx.Err() != nil:
 		// Run is stopping; the interrupted purge is not a failure.
+		if deleted > 0 {
+			c.config.Logger.LogAttrs(context.WithoutCancel(ctx), slog.LevelInfo, "pgguard: purged expired idempotency records before stopping",
+				slog.Int64("deleted", deleted),
+				slog.Duration("duration", time.Since(started)))
+		}
 	case err != nil:
 		c.config.Logger.LogAttrs(ctx, slog.LevelError, "pgguard: failed to purge expired idempotency records; retrying at the next interval",
 			slog.Any("error", err),

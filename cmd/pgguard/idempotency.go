@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"time"
 
 	"github.com/pgguard/pgguard/service"
 )
@@ -19,7 +20,7 @@ func init() {
 
 var idempotencyCommands = map[string]subcommand{
 	"purge": {
-		usage: "purge [-batch N]       delete records past their expiry, N rows per statement",
+		usage: "purge [-batch N] [-pause D]   delete records past their expiry, N rows per statement, pausing D after each",
 		run:   runIdempotencyPurge,
 	},
 }
@@ -32,6 +33,7 @@ func runIdempotencyPurge(ctx context.Context, env *environment, args []string) e
 	flags := flag.NewFlagSet("purge", flag.ContinueOnError)
 	flags.SetOutput(env.stderr)
 	batch := flags.Int("batch", 1000, "rows deleted per statement; each statement holds its row locks only briefly")
+	pause := flags.Duration("pause", 10*time.Millisecond, "wait after each full batch, so requests' commits do not queue behind the purge; 0 for none")
 	if err := flags.Parse(args); err != nil {
 		return usagef("%v", err)
 	}
@@ -40,6 +42,9 @@ func runIdempotencyPurge(ctx context.Context, env *environment, args []string) e
 	}
 	if *batch < 1 {
 		return usagef("-batch is %d; use a positive number of rows", *batch)
+	}
+	if *pause < 0 || *pause > time.Minute {
+		return usagef("-pause is %s; use 0 to 1m, for example 10ms", *pause)
 	}
 
 	pool, err := env.connect(ctx)
@@ -50,7 +55,16 @@ func runIdempotencyPurge(ctx context.Context, env *environment, args []string) e
 	if err != nil {
 		return err
 	}
-	deleted, err := idempotency.PurgeExpired(ctx, *batch)
+	// A zero BatchPause means the default, so no pause is a negative one.
+	batchPause := *pause
+	if batchPause == 0 {
+		batchPause = -1
+	}
+	cleaner, err := service.NewIdempotencyCleaner(idempotency, service.IdempotencyCleanerConfig{BatchSize: *batch, BatchPause: batchPause})
+	if err != nil {
+		return err
+	}
+	deleted, err := cleaner.PurgeOnce(ctx)
 	if err != nil {
 		return err
 	}
