@@ -37,8 +37,9 @@ func TestLockoutPlansOutliveEmptyTables(t *testing.T) {
 		_, err = attempt.Fail(b.ctx)
 		require.NoError(t, err)
 	}
-	// Plan every statement of a login on the pool's one connection. A
-	// cached statement gets its lasting generic plan after five custom ones.
+	// Plan every statement of a login on the pool's one connection.
+	// Postgres plans a cached statement anew for its first five runs and
+	// may then keep one generic plan for the life of the connection.
 	for range 8 {
 		login("planned@example.com", true)
 		login("planned@example.com", false)

@@ -13,16 +13,16 @@ import (
 	"github.com/pgguard/pgguard/service"
 )
 
-// TestBeginAfterWaitSeesOtherChannelLocks engages a lock on the password
+// TestWaitingBeginSeesOtherChannelLock engages a lock on the password
 // channel while a Begin on the one-time-code channel of the same account
 // waits for its row lock. A lock on any channel applies to all, so the
 // waiting Begin must be rejected when it gets the row.
-func TestBeginAfterWaitSeesOtherChannelLocks(t *testing.T) {
+func TestWaitingBeginSeesOtherChannelLock(t *testing.T) {
 	t.Parallel()
 	cases := []struct {
 		name   string
 		policy service.ChannelPolicy
-		// sources are the addresses of the wrong passwords; the waiting
+		// sources are the addresses of the wrong passwords. The waiting
 		// Begin comes from the first.
 		sources []string
 		tier    service.Tier
@@ -106,7 +106,7 @@ func TestPurgeIdleSparseIDs(t *testing.T) {
 // TestUnlockAccountDuringLogins unlocks an account over and over while its
 // owner completes logins on two channels. A completed login locks the
 // account's rows of every channel, so both must lock them in the same
-// order; a deadlock would abort one of the calls.
+// order, because a deadlock would abort one of the calls.
 func TestUnlockAccountDuringLogins(t *testing.T) {
 	t.Parallel()
 	b := setupFaults(t, func(config *pgxpool.Config) { config.MaxConns = 6 })

@@ -22,7 +22,7 @@ type IdempotencyCleanerConfig struct {
 	// BatchPause is how long the cleaner waits after each full batch. Each
 	// batch's commit flushes the WAL of the rows it deleted, and the
 	// commits of requests wait behind that flush, so the pause leaves room
-	// for them. Defaults to 10 milliseconds; a negative value runs the
+	// for them. Defaults to 10 milliseconds. A negative value runs the
 	// batches back to back. It may not exceed Interval.
 	BatchPause time.Duration
 

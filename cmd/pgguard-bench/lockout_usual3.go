@@ -153,8 +153,8 @@ func usual3Transact(ctx context.Context, pool *pgxpool.Pool, email, ip string, c
 	return tx.Commit(ctx)
 }
 
-// seedUsual3Keys creates the usual3 counters of keys 0 to count-1 of set;
-// with locked, the account-and-source counters are locked for a day.
+// seedUsual3Keys creates the usual3 counters of keys 0 to count-1 of set.
+// With locked, the account-and-source counters are locked for a day.
 func seedUsual3Keys(ctx context.Context, pool *pgxpool.Pool, set keySet, count int64, locked bool) error {
 	batch := &pgx.Batch{}
 	batch.Queue(`

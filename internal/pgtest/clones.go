@@ -222,10 +222,10 @@ func (p *clonePool) fill(ctx context.Context) {
 // returns when ctx is canceled or a clone cannot be created.
 //
 // One at a time, because the time a test waits in its cleanup matters too.
-// Two FILE_COPY copies at a time created clones faster, but in 6
-// pgguard-bench runs each on a loaded two-core machine, the median drop in
-// a test's cleanup was about 170 ms with two copies at a time and 110 ms
-// with one.
+// Two FILE_COPY copies at a time created clones faster, but they slowed
+// the drop in a test's cleanup. In 6 pgguard-bench runs of each on a
+// loaded two-core machine, the median drop was about 170 ms with two
+// copies at a time and 110 ms with one.
 func (p *clonePool) create(ctx context.Context) {
 	for {
 		p.mu.Lock()
@@ -310,11 +310,11 @@ func cloneAge(name string) time.Duration {
 // writes the clone into shared buffers, where a ready clone waits dirty
 // until the next checkpoint, and every DROP DATABASE requests an immediate
 // checkpoint (dropdb in PostgreSQL's dbcommands.c). So the drop in each
-// test's cleanup writes out the ready clones. Over 18 pgguard-bench runs
-// with WAL_LOG clones and 24 with FILE_COPY clones, on a loaded two-core
-// machine with PostgreSQL 15, the median drop of a run was 73 to 642 ms
-// (165 ms in the middle run) with WAL_LOG and 45 to 356 ms (108 ms) with
-// FILE_COPY.
+// test's cleanup writes out the ready clones. This was measured over 18
+// pgguard-bench runs with WAL_LOG clones and 24 with FILE_COPY clones, on
+// a loaded two-core machine with PostgreSQL 15. The median drop of a run
+// was 73 to 642 ms (165 ms in the middle run) with WAL_LOG, and 45 to
+// 356 ms (108 ms) with FILE_COPY.
 func (p *clonePool) createReadyClone(ctx context.Context) (string, error) {
 	name := readyClonePrefix + p.tpl.id + "_" + strconv.FormatInt(time.Now().Unix(), 36) + "_" + strings.ToLower(rand.Text()[:8])
 
